@@ -1,0 +1,164 @@
+"""Every workaround recbole-mind needs to run RecBole 1.2.1 on today's stack, applied once.
+
+RecBole 1.2.1 was released against numpy 1.x, pandas 1.x/2.x and torch < 2.6. Each fix below
+names the break it mends; ``tests/test_compat.py`` has a test per fix that fails without it.
+``apply()`` is idempotent and runs when ``recbole_mind`` is imported.
+"""
+
+import types
+
+import numpy as np
+import pandas as pd
+import torch
+
+_APPLIED = False
+
+
+class _ModuleProxy(types.ModuleType):
+    """A stand-in for a module inside one RecBole module's namespace.
+
+    Attribute look-ups fall through to the real module except the overridden names, so a fix
+    reaches only the RecBole code that calls through this name, not the rest of the process.
+    """
+
+    def __init__(self, module, **overrides):
+        super().__init__(module.__name__)
+        self._module = module
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _numpy_aliases():
+    # Break: numpy 2 removed np.float_, np.complex_, np.unicode_ (and 1.24 removed np.float,
+    # np.bool, ...). RecBole's Config.compatibility_settings() reads np.float_ etc. and raises
+    # AttributeError in Config(); its metrics use np.float / np.bool, hyper_tuning np.str, and
+    # ray 2.6.3 (recbole.quick_start) reads np.bool8. Restore the old names as the types they
+    # always aliased; nothing in numpy 2 uses these names, so nothing else changes meaning.
+    aliases = {
+        "float_": np.float64,
+        "complex_": np.complex128,
+        "unicode_": np.str_,
+        "bool8": np.bool_,
+        "bool": np.bool_,
+        "int": np.int_,
+        "float": np.float64,
+        "complex": np.complex128,
+        "object": np.object_,
+        "str": np.str_,
+        "long": np.int_,
+        "unicode": np.str_,
+    }
+    for name, value in aliases.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def _anomaly_detection_off():
+    # Break: recbole/model/sequential_recommender/sine.py calls
+    # torch.autograd.set_detect_anomaly(True) at import time, and RecBole imports every
+    # sequential model whenever one is looked up (get_model, Config). That slows every model's
+    # training x1.6-1.8. Import the package now, once, and switch the flag back off.
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+def _trusted_checkpoint_load():
+    # Break: torch >= 2.6 defaults torch.load(weights_only=True); RecBole's checkpoints pickle
+    # the whole Config, so Trainer.evaluate(load_best_model=True) and Trainer.resume_checkpoint
+    # raise UnpicklingError. The trainer only loads the file it saved itself or one the user
+    # named, so inside recbole.trainer.trainer alone torch.load is given weights_only=False.
+    import recbole.trainer.trainer as trainer_module
+
+    def load(f, *args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(f, *args, **kwargs)
+
+    trainer_module.torch = _ModuleProxy(torch, load=load)
+
+
+def _pandas_copy_on_write():
+    # Break: pandas 3 always copies on write, so RecBole's chained `df[col].fillna(...,
+    # inplace=True)` updates a temporary and the frame keeps its NaN: Dataset._fill_nan leaves
+    # NaN in .user/.item features (token NaN then becomes an out-of-range id), and _load_feat
+    # splits NaN sequence cells and crashes. Also Series.agg(len) now measures the Series, not
+    # each cell, so Dataset._remap splits token sequences (e.g. ml-100k's genres) wrongly.
+    # The replacements do the same work without chained in-place updates; on pandas 2 they
+    # give the same frames as RecBole's originals.
+    from recbole.data.dataset import dataset as dataset_module
+    from recbole.utils import FeatureType
+
+    Dataset = dataset_module.Dataset
+
+    def read_csv(*args, **kwargs):
+        df = pd.read_csv(*args, **kwargs)
+        for column in df.columns:  # headers are still "name:type" here
+            if str(column).endswith("_seq"):
+                df[column] = df[column].fillna("")
+        return df
+
+    dataset_module.pd = _ModuleProxy(pd, read_csv=read_csv)
+
+    def _fill_nan(self):
+        for feat_name in self.feat_name_list:
+            feat = getattr(self, feat_name)
+            for field in feat:
+                ftype = self.field2type[field]
+                if ftype == FeatureType.TOKEN:
+                    feat[field] = feat[field].fillna(value=0)
+                elif ftype == FeatureType.FLOAT:
+                    feat[field] = feat[field].fillna(value=feat[field].mean())
+                else:
+                    dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                    feat[field] = feat[field].apply(
+                        lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                    )
+
+    def _concat_remaped_tokens(self, remap_list):
+        tokens = []
+        for feat, field, ftype in remap_list:
+            if ftype == FeatureType.TOKEN:
+                tokens.append(np.asarray(feat[field].values))
+            elif ftype == FeatureType.TOKEN_SEQ:
+                cells = list(feat[field].values)
+                tokens.append(np.concatenate(cells) if cells else np.array([], dtype=str))
+        split_point = np.cumsum(list(map(len, tokens)))[:-1]
+        return np.concatenate(tokens), split_point
+
+    def _remap(self, remap_list):
+        if len(remap_list) == 0:
+            return
+        tokens, split_point = self._concat_remaped_tokens(remap_list)
+        new_ids_list, mp = pd.factorize(tokens)
+        new_ids_list = np.split(new_ids_list + 1, split_point)
+        mp = np.array(["[PAD]"] + list(mp))
+        token_id = {t: i for i, t in enumerate(mp)}
+        for (feat, field, ftype), new_ids in zip(remap_list, new_ids_list):
+            if field not in self.field2id_token:
+                self.field2id_token[field] = mp
+                self.field2token_id[field] = token_id
+            if ftype == FeatureType.TOKEN:
+                feat[field] = new_ids
+            elif ftype == FeatureType.TOKEN_SEQ:
+                lengths = [len(cell) for cell in feat[field].values]
+                feat[field] = pd.Series(
+                    np.split(new_ids, np.cumsum(lengths)[:-1]), index=feat.index, dtype=object
+                )
+
+    Dataset._fill_nan = _fill_nan
+    Dataset._concat_remaped_tokens = _concat_remaped_tokens
+    Dataset._remap = _remap
+
+
+def apply():
+    """Apply every fix once; later calls do nothing."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _numpy_aliases()
+    _anomaly_detection_off()
+    _trusted_checkpoint_load()
+    _pandas_copy_on_write()
+    _APPLIED = True

@@ -1,0 +1,294 @@
+"""MIND
+################################################
+
+Reference:
+    Chao Li et al. "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall."
+    in CIKM 2019 (arXiv 1904.08030).
+
+The semantics follow MIND_SPEC.md: item vectors average the item id with its side features,
+B2I dynamic routing extracts K'_u interest capsules, a ReLU tower H mixes each with the user
+profile, label-aware attention picks the interest that explains the label in training, and
+serving scores an item by its best-matching active interest.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+from recbole.utils import FeatureType
+from torch import nn
+
+from recbole_mind.routing import B2IRouting, active_interest_count
+
+LOSS_TYPES = ("CE", "SSM", "BPR")
+SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
+
+
+def properties_dir():
+    """The folder holding MIND.yaml and the other shipped RecBole yaml files."""
+    source_tree = Path(__file__).resolve().parent.parent / "properties"
+    if (source_tree / "MIND.yaml").is_file():
+        return source_tree
+    return Path(__file__).resolve().parent / "properties"  # installed wheel
+
+
+def default_config():
+    """MIND's defaults, as listed in properties/MIND.yaml."""
+    with open(properties_dir() / "MIND.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds a dataset's token and token-sequence features, looked up by user or item id.
+
+    The feature table is copied from the dataset once, so a batch needs only the ids.
+    A token sequence (e.g. ml-100k's genres) is the mean of its tokens' embeddings; its
+    padding token 0 counts for nothing. Every output is [..., n_fields, d] plus a mask of which
+    fields the row actually has (an empty genre list has none).
+    """
+
+    def __init__(self, dataset, table, fields, embedding_size, source):
+        super().__init__()
+        self.fields = list(fields)
+        self.embeddings = nn.ModuleList()
+        for i, field in enumerate(self.fields):
+            if field not in dataset.field2type or field not in table.columns:
+                raise ValueError(
+                    f"{source} feature '{field}' is not in the dataset's .{source} file: load it "
+                    f"with load_col: {{{source}: [..., {field}]}} or remove it from {source}_features"
+                )
+            ftype = dataset.field2type[field]
+            if ftype not in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+                raise ValueError(
+                    f"{source} feature '{field}' is {ftype.value}; MIND embeds token and "
+                    f"token_seq features only"
+                )
+            values = table[field].long()
+            if values.dim() == 1:
+                values = values.unsqueeze(-1)
+            self.register_buffer(f"table_{i}", values, persistent=False)
+            self.embeddings.append(nn.Embedding(dataset.num(field), embedding_size, padding_idx=0))
+
+    def forward(self, ids):
+        vectors, present = [], []
+        for i, embedding in enumerate(self.embeddings):
+            tokens = getattr(self, f"table_{i}")[ids]  # [..., T]
+            token_mask = (tokens > 0).unsqueeze(-1).float()
+            count = token_mask.sum(dim=-2)
+            vectors.append((embedding(tokens) * token_mask).sum(dim=-2) / count.clamp(min=1))
+            present.append(count.squeeze(-1) > 0)
+        return torch.stack(vectors, dim=-2), torch.stack(present, dim=-1)
+
+
+class LabelAwareAttention(nn.Module):
+    """v_u = sum_j softmax_j(pow(v_u^j . e_i, p)) v_u^j over the active interests.
+
+    pow is sign-preserving: sign(s) |s|^p. It is computed as sign(s) exp(p log |s|) in float64
+    with the exponent capped, so no p overflows or gives NaN; p = inf is hard attention.
+    """
+
+    def __init__(self, power):
+        super().__init__()
+        self.power = float(power)
+
+    def forward(self, interests, label_emb, interest_mask):
+        scores = torch.einsum("bkd,bd->bk", interests, label_emb)
+        if math.isinf(self.power):
+            best = scores.masked_fill(~interest_mask, float("-inf")).argmax(dim=-1)
+            return interests[torch.arange(interests.size(0), device=interests.device), best]
+        s = scores.double()
+        magnitude = torch.exp((self.power * torch.log(s.abs().clamp(min=1e-30))).clamp(max=700.0))
+        powered = (torch.sign(s) * magnitude).masked_fill(~interest_mask, float("-inf"))
+        weights = torch.softmax(powered, dim=-1).to(interests.dtype)
+        return torch.einsum("bk,bkd->bd", weights, interests)
+
+
+class MIND(SequentialRecommender):
+    r"""MIND extracts K'_u interest vectors from a behaviour sequence by dynamic routing.
+
+    Training scores the label with the label-aware mix of the interests; serving scores every
+    item by its best active interest, so ``full_sort_predict`` and ``predict`` agree.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        defaults = default_config()
+
+        def param(key):
+            value = config[key] if key in config else None
+            return defaults.get(key) if value is None else value
+
+        self.embedding_size = int(param("embedding_size"))
+        self.interest_num = int(param("interest_num"))
+        self.dynamic_interest = bool(param("dynamic_interest"))
+        self.routing_iterations = int(param("routing_iterations"))
+        self.hidden_layers = int(param("hidden_layers"))
+        self.attention_power = float(param("attention_power"))
+        self.temperature = float(param("temperature"))
+        self.loss_type = str(param("loss_type"))
+        self.num_negatives = int(param("num_negatives"))
+        self.sampling_distribution = str(param("sampling_distribution"))
+        self.sampling_alpha = float(param("sampling_alpha"))
+        self.user_features = list(param("user_features") or [])
+        self.item_features = list(param("item_features") or [])
+        self._check_params()
+
+        self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
+        self.item_side = (
+            FeatureEmbedding(dataset, dataset.get_item_feature(), self.item_features,
+                             self.embedding_size, "item")
+            if self.item_features else None
+        )
+        self.user_profile = (
+            FeatureEmbedding(dataset, dataset.get_user_feature(), self.user_features,
+                             self.embedding_size, "user")
+            if self.user_features else None
+        )
+        self.routing = B2IRouting(
+            self.embedding_size, self.interest_num, self.max_seq_length,
+            iterations=self.routing_iterations, init_std=float(param("routing_init_std")),
+            softmax_axis=str(param("routing_softmax_axis")), seed=int(param("routing_seed")),
+        )
+        tower, width = [], self.embedding_size * (1 + len(self.user_features))
+        for _ in range(self.hidden_layers):
+            tower += [nn.Linear(width, self.embedding_size), nn.ReLU()]
+            width = self.embedding_size
+        self.interest_tower = nn.Sequential(*tower)  # H; empty means identity
+        self.attention = LabelAwareAttention(self.attention_power)
+        if self.loss_type == "BPR":
+            self.bpr_loss = BPRLoss()
+        if self.loss_type == "SSM":
+            self.register_buffer("sampling_log_prob", self._sampling_log_prob(dataset), persistent=False)
+        self.apply(self._init_weights)
+
+    def _check_params(self):
+        problems = []
+        if self.interest_num < 1:
+            problems.append(f"interest_num must be >= 1, got {self.interest_num}")
+        if self.routing_iterations < 1:
+            problems.append(f"routing_iterations must be >= 1, got {self.routing_iterations}")
+        if not self.attention_power > 0:
+            problems.append(f"attention_power must be > 0 (inf for hard attention), got {self.attention_power}")
+        if self.embedding_size < 1:
+            problems.append(f"embedding_size must be >= 1, got {self.embedding_size}")
+        if self.hidden_layers < 0 or (self.hidden_layers == 0 and self.user_features):
+            problems.append("hidden_layers must be >= 0, and >= 1 when user_features are used")
+        if not self.temperature > 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.loss_type not in LOSS_TYPES:
+            problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.loss_type == "SSM" and self.num_negatives < 1:
+            problems.append(f"num_negatives must be >= 1 with loss_type SSM, got {self.num_negatives}")
+        if self.sampling_distribution not in SAMPLING_DISTRIBUTIONS:
+            problems.append(f"sampling_distribution must be uniform or popularity, got {self.sampling_distribution!r}")
+        if problems:
+            raise ValueError("MIND config: " + "; ".join(problems))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Embedding):
+            nn.init.xavier_normal_(module.weight)
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def _sampling_log_prob(self, dataset):
+        """log Q(i) of the SSM proposal over items 1..n-1 (item 0 is padding, never drawn)."""
+        if self.sampling_distribution == "uniform":
+            weights = torch.ones(self.n_items)
+        else:
+            weights = torch.zeros(self.n_items)
+            counter = dataset.item_counter
+            weights[torch.tensor(list(counter.keys()), dtype=torch.long)] = torch.tensor(
+                list(counter.values()), dtype=torch.float
+            )
+            weights = (weights + 1.0).pow(self.sampling_alpha)  # +1: unseen items stay drawable
+        weights[0] = 0.0
+        return torch.log(weights / weights.sum())
+
+    # ----------------------------------------------------------------- embeddings
+    def item_vectors(self, items=None):
+        """e_i for the given item ids (all items when None): id embedding averaged with features."""
+        if items is None:
+            items = torch.arange(self.n_items, device=self.item_embedding.weight.device)
+        vectors = self.item_embedding(items)
+        if self.item_side is None:
+            return vectors
+        side, present = self.item_side(items)
+        total = vectors + (side * present.unsqueeze(-1)).sum(dim=-2)
+        return total / (1.0 + present.sum(dim=-1, keepdim=True))
+
+    def interest_mask(self, item_seq_len):
+        """[B, K] bool: True for the K'_u active interests of each row."""
+        active = active_interest_count(item_seq_len, self.interest_num, self.dynamic_interest)
+        positions = torch.arange(self.interest_num, device=item_seq_len.device)
+        return positions.unsqueeze(0) < active.unsqueeze(1)
+
+    def forward(self, item_seq, item_seq_len, user=None, return_weights=False):
+        """Interest vectors [B, K, d] (inactive ones zero) and the active mask [B, K]."""
+        seq_mask = item_seq > 0
+        interest_mask = self.interest_mask(item_seq_len)
+        capsules, weights = self.routing(self.item_vectors(item_seq), seq_mask, interest_mask)
+        if self.user_profile is not None:
+            profile, _ = self.user_profile(user)  # [B, F, d]
+            profile = profile.flatten(1).unsqueeze(1).expand(-1, self.interest_num, -1)
+            capsules = torch.cat([capsules, profile], dim=-1)
+        interests = self.interest_tower(capsules) * interest_mask.unsqueeze(-1)
+        if return_weights:
+            return interests, interest_mask, weights
+        return interests, interest_mask
+
+    def _interests_of(self, interaction):
+        user = interaction[self.USER_ID] if self.user_profile is not None else None
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user)
+
+    # ----------------------------------------------------------------- training
+    def calculate_loss(self, interaction):
+        interests, interest_mask = self._interests_of(interaction)
+        pos_items = interaction[self.POS_ITEM_ID]
+        pos_emb = self.item_vectors(pos_items)
+        user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
+        if self.loss_type == "CE":
+            logits = user_vec @ self.item_vectors().t()
+            logits[:, 0] = float("-inf")  # the padding item is never a label
+            return nn.functional.cross_entropy(logits, pos_items)
+        if self.loss_type == "SSM":
+            return self._sampled_softmax_loss(user_vec, pos_items, pos_emb)
+        neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
+            torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)
+        )
+        pos_score = (user_vec * pos_emb).sum(-1)
+        neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
+        return self.bpr_loss(pos_score, neg_score)
+
+    def _sampled_softmax_loss(self, user_vec, pos_items, pos_emb):
+        """Sampled softmax with log-Q correction; negatives equal to a row's label are masked."""
+        negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
+        pos_logit = (user_vec * pos_emb).sum(-1, keepdim=True) - self.sampling_log_prob[pos_items].unsqueeze(-1)
+        neg_logits = user_vec @ self.item_vectors(negatives).t() - self.sampling_log_prob[negatives]
+        neg_logits = neg_logits.masked_fill(negatives.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))
+        logits = torch.cat([pos_logit, neg_logits], dim=1)
+        return nn.functional.cross_entropy(logits, torch.zeros_like(pos_items))
+
+    # ----------------------------------------------------------------- serving
+    def predict(self, interaction):
+        interests, interest_mask = self._interests_of(interaction)
+        item_emb = self.item_vectors(interaction[self.ITEM_ID])
+        scores = torch.einsum("bkd,bd->bk", interests, item_emb)
+        return scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
+
+    def full_sort_predict(self, interaction):
+        interests, interest_mask = self._interests_of(interaction)
+        return self.max_interest_scores(interests, interest_mask, self.item_vectors())
+
+    def max_interest_scores(self, interests, interest_mask, item_emb):
+        """[B, N] max over active interests of v_u^j . e_i, one [B, N] matmul per interest."""
+        scores = interests[:, 0] @ item_emb.t()  # interest 0 is always active
+        for j in range(1, self.interest_num):
+            candidate = interests[:, j] @ item_emb.t()
+            scores = torch.where(interest_mask[:, j:j + 1], torch.maximum(scores, candidate), scores)
+        return scores

@@ -1,0 +1,169 @@
+"""Run MIND, or any RecBole built-in, through RecBole's own pipeline without recbole.quick_start.
+
+``recbole.quick_start`` imports ray (and with it pkg_resources); this module does what its
+``run_recbole`` does: Config -> create_dataset -> data_preparation -> model -> Trainer.fit ->
+Trainer.evaluate(load_best_model=True), and returns RecBole's result dict.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from logging import getLogger
+
+from recbole_mind import compat
+
+compat.apply()
+
+from recbole.config import Config  # noqa: E402
+from recbole.data import create_dataset, data_preparation  # noqa: E402
+from recbole.utils import get_model, get_trainer, init_logger, init_seed  # noqa: E402
+
+from recbole_mind.download import ensure_dataset  # noqa: E402
+from recbole_mind.errors import UserError  # noqa: E402
+from recbole_mind.mind import MIND, properties_dir  # noqa: E402
+
+DEFAULT_DATASET = "ml-100k"  # ships inside the recbole package: no download
+PLUGIN_MODELS = {"MIND": MIND}
+
+
+def resolve_model(model):
+    """The model class for a name ('MIND' or a RecBole built-in) or a class given directly."""
+    if not isinstance(model, str):
+        return model
+    if model in PLUGIN_MODELS:
+        return PLUGIN_MODELS[model]
+    try:
+        return get_model(model)
+    except (ValueError, ImportError):  # get_model walks into exlib_recommender (lightgbm, xgboost)
+        raise UserError(
+            f"unknown model '{model}': use MIND or a RecBole model name such as GRU4Rec, SASRec, SINE"
+        ) from None
+
+
+def config_file_list(model_class, extra_files=None):
+    """run.yaml (shared protocol), then MIND.yaml for MIND, then the user's files (last wins)."""
+    files = [str(properties_dir() / "run.yaml")]
+    if model_class is MIND:
+        files.append(str(properties_dir() / "MIND.yaml"))
+    for path in extra_files or []:
+        if not os.path.isfile(path):
+            raise UserError(f"config file {path} does not exist: check the path given to --config_files")
+        files.append(str(path))
+    return files
+
+
+@contextlib.contextmanager
+def _argv_hidden_from_recbole():
+    """RecBole's Config also parses sys.argv; overrides here arrive through config_dict only."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def build_config(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None):
+    """RecBole's Config for ``model`` on ``dataset`` with the project's run defaults."""
+    model_class = resolve_model(model)
+    with _argv_hidden_from_recbole():
+        config = Config(model=model_class, dataset=dataset,
+                        config_file_list=config_file_list(model_class, config_files),
+                        config_dict=dict(config_dict or {}))
+    _load_configured_features(config)
+    return config
+
+
+def _load_configured_features(config):
+    """Add MIND's user_features / item_features to load_col, so configuring them is enough."""
+    load_col = config["load_col"]
+    if not isinstance(load_col, dict):
+        return
+    for source, key, id_field in (("user", "user_features", "USER_ID_FIELD"),
+                                  ("item", "item_features", "ITEM_ID_FIELD")):
+        fields = config[key] or []
+        if fields:
+            columns = list(load_col.get(source) or [config[id_field]])
+            columns += [f for f in fields if f not in columns]
+            load_col[source] = columns
+    config["load_col"] = load_col
+
+
+def prepare_data(config):
+    """Download the dataset if needed, then RecBole's create_dataset and data_preparation."""
+    ensure_dataset(config["dataset"], config["data_path"], url=config["dataset_url"],
+                   timeout=config["download_timeout"] or 30, show_progress=bool(config["show_progress"]))
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return dataset, train_data, valid_data, test_data
+
+
+def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None, saved=True):
+    """Train and evaluate one model; returns RecBole's result dict plus timing.
+
+    Returns:
+        dict with RecBole's ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+        ``test_result``, and ``model``, ``dataset``, ``epochs_run``, ``best_epoch``,
+        ``train_s_per_epoch``, ``eval_s`` (one full evaluation of the test set), ``saved_model_file``.
+    """
+    config = build_config(model, dataset, config_files, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    _, train_data, valid_data, test_data = prepare_data(config)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_class = resolve_model(model)
+    net = model_class(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+
+    epoch_seconds = []
+    _time_epochs(trainer, epoch_seconds)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    started = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    eval_s = time.perf_counter() - started
+
+    logger.info(f"best valid : {dict(best_valid_result)}")
+    logger.info(f"test result: {dict(test_result)}")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": float(best_valid_score),
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": {k: float(v) for k, v in best_valid_result.items()},
+        "test_result": {k: float(v) for k, v in test_result.items()},
+        "epochs_run": len(epoch_seconds),
+        "best_epoch": _best_epoch(trainer, len(epoch_seconds), config["eval_step"] or 1),
+        "train_s_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
+        "eval_s": eval_s,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def _time_epochs(trainer, sink):
+    """Record the wall time of each training epoch (RecBole only logs it)."""
+    train_epoch = trainer._train_epoch
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        result = train_epoch(*args, **kwargs)
+        sink.append(time.perf_counter() - started)
+        return result
+
+    trainer._train_epoch = timed
+
+
+def _best_epoch(trainer, epochs_run, eval_step):
+    """1-based epoch of the best validation: RecBole's stopping counter counts evaluations
+    since the best one (cur_step), each eval_step epochs apart."""
+    return max(epochs_run - trainer.cur_step * eval_step, 0) if epochs_run else None
+
+
+logging.getLogger("matplotlib").setLevel(logging.WARNING)

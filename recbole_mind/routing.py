@@ -1,0 +1,107 @@
+"""Behaviour-to-interest (B2I) dynamic routing, the multi-interest extractor of MIND.
+
+Reference:
+    Chao Li et al. "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall."
+    in CIKM 2019 (arXiv 1904.08030), section 3.3; semantics fixed by MIND_SPEC.md section 2.
+"""
+
+import torch
+from torch import nn
+
+INTERESTS = "interests"
+BEHAVIOURS = "behaviours"
+_MASKED_LOGIT = -1e9  # finite, so a row with nothing active softmaxes to uniform, not NaN
+
+
+def squash(z, eps=1e-9):
+    """u = |z|^2 / (1 + |z|^2) * z / |z|, along the last axis; zero maps to zero."""
+    squared_norm = (z * z).sum(dim=-1, keepdim=True)
+    return z * (squared_norm / (1.0 + squared_norm) / torch.sqrt(squared_norm + eps))
+
+
+def active_interest_count(seq_len, interest_num, dynamic):
+    """K'_u = max(1, min(K, floor(log2 n))) if dynamic else K, for a tensor of lengths n."""
+    if not dynamic:
+        return torch.full_like(seq_len, interest_num)
+    # log2 in float64 is exact at powers of two, and other n <= 2^52 are far from them.
+    floor_log2 = torch.log2(seq_len.clamp(min=1).double()).floor().long()
+    return floor_log2.clamp(min=1, max=interest_num)
+
+
+class B2IRouting(nn.Module):
+    """B2I routing: behaviour capsules S e_i are routed into K interest capsules.
+
+    Args:
+        embedding_size: d, the size of behaviour and interest capsules.
+        interest_num: K, the most interest capsules a user gets.
+        max_seq_length: L, the longest behaviour sequence (rows of the evaluation logits).
+        iterations: R, routing iterations (>= 1).
+        init_std: sigma of the N(0, sigma^2) routing logits drawn for every training row.
+        softmax_axis: ``"interests"`` (each behaviour spreads over the interests, as in the
+            paper's Algorithm 1) or ``"behaviours"`` (each interest normalises over behaviours,
+            as in the capsule-network convention some implementations follow).
+        seed: seed of the fixed evaluation logits, so one user always gets the same interests.
+    """
+
+    def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3,
+                 init_std=1.0, softmax_axis=INTERESTS, seed=2019):
+        super().__init__()
+        if softmax_axis not in (INTERESTS, BEHAVIOURS):
+            raise ValueError(
+                f"routing_softmax_axis must be '{INTERESTS}' or '{BEHAVIOURS}', got {softmax_axis!r}"
+            )
+        self.interest_num = interest_num
+        self.iterations = iterations
+        self.init_std = init_std
+        self.softmax_axis = softmax_axis
+        # The shared bilinear map S (d x d): one matrix for every behaviour-interest pair.
+        self.bilinear = nn.Linear(embedding_size, embedding_size, bias=False)
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer(
+            "eval_logits",
+            torch.randn(max_seq_length, interest_num, generator=generator) * init_std,
+        )
+
+    def initial_logits(self, batch_size, seq_length, device):
+        if self.training:
+            return torch.randn(batch_size, seq_length, self.interest_num, device=device) * self.init_std
+        if seq_length > self.eval_logits.size(0):
+            raise ValueError(
+                f"sequence length {seq_length} exceeds MAX_ITEM_LIST_LENGTH "
+                f"{self.eval_logits.size(0)} the model was built with"
+            )
+        return self.eval_logits[:seq_length].unsqueeze(0).expand(batch_size, -1, -1)
+
+    def routing_weights(self, logits, mask):
+        """Masked softmax of the logits [B, L, K]; masked entries get weight exactly 0."""
+        dim = -1 if self.softmax_axis == INTERESTS else 1
+        weights = torch.softmax(logits.masked_fill(~mask, _MASKED_LOGIT), dim=dim)
+        return weights * mask
+
+    def forward(self, behaviours, seq_mask, interest_mask, logits=None):
+        """Route behaviours into interests.
+
+        Args:
+            behaviours: [B, L, d] behaviour embeddings e_i (padding rows are ignored).
+            seq_mask: [B, L] bool, True for real behaviours.
+            interest_mask: [B, K] bool, True for the K'_u active interests.
+            logits: optional [B, L, K] initial logits (defaults to ``initial_logits``).
+
+        Returns:
+            (interests [B, K, d], weights [B, L, K]): the squashed interest capsules (inactive
+            ones are zero) and the last iteration's routing weights.
+        """
+        batch_size, seq_length, _ = behaviours.shape
+        projected = self.bilinear(behaviours)  # S e_i, [B, L, d]
+        projected_const = projected.detach()
+        if logits is None:
+            logits = self.initial_logits(batch_size, seq_length, behaviours.device)
+        mask = seq_mask.unsqueeze(-1) & interest_mask.unsqueeze(1)  # [B, L, K]
+        for iteration in range(self.iterations):
+            weights = self.routing_weights(logits, mask)
+            last = iteration == self.iterations - 1
+            # The logits carry no gradient: only the last z_j sees S e_i with its gradient.
+            interests = squash(torch.einsum("blk,bld->bkd", weights, projected if last else projected_const))
+            if not last:
+                logits = logits + torch.einsum("bkd,bld->blk", interests, projected_const)
+        return interests, weights
