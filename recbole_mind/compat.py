@@ -152,6 +152,18 @@ def _pandas_copy_on_write():
     Dataset._remap = _remap
 
 
+def _quiet_known_warnings():
+    # Not a break, noise: with the fixes above, pandas 3 still warns at each chained fillna
+    # RecBole runs (now a no-op, its NaN already filled), and torch warns that RecBole builds
+    # its GradScaler through the deprecated torch.cuda.amp. Both print on every run.
+    import warnings
+
+    chained = getattr(pd.errors, "ChainedAssignmentError", None)
+    if chained is not None:
+        warnings.filterwarnings("ignore", category=chained, module=r"recbole\.")
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
+
+
 def apply():
     """Apply every fix once; later calls do nothing."""
     global _APPLIED
@@ -161,4 +173,5 @@ def apply():
     _anomaly_detection_off()
     _trusted_checkpoint_load()
     _pandas_copy_on_write()
+    _quiet_known_warnings()
     _APPLIED = True
