@@ -5,11 +5,18 @@ Flags follow RecBole's run_recbole.py: ``--model/-m``, ``--dataset/-d``, ``--con
 """
 
 import argparse
+import importlib
 import sys
 
 import yaml
 
 from recbole_mind.errors import UserError
+
+# Each extra mode (--compare, --hyper, --retrieve, --explain) lives in its own module with
+#   add_arguments(parser)            -> adds its flags
+#   selected(args) -> bool           -> whether the parsed flags ask for this mode
+#   main(args, overrides) -> None    -> runs it (raises UserError on bad input)
+MODE_MODULES = []
 
 
 def parse_args(argv):
@@ -23,6 +30,8 @@ def parse_args(argv):
                         help="dataset name (default ml-100k, shipped inside recbole: no download)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml config files")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    for module in modes():
+        module.add_arguments(parser)
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -33,9 +42,16 @@ def parse_args(argv):
     return args, overrides
 
 
+def modes():
+    return [importlib.import_module(name) for name in MODE_MODULES]
+
+
 def run_from_args(args, overrides):
     from recbole_mind import quick_start
 
+    for module in modes():
+        if module.selected(args):
+            return module.main(args, overrides)
     if "dataset" in overrides or "model" in overrides:
         raise UserError("give the dataset and model as --dataset NAME and --model NAME")
     config_files = args.config_files.split() if args.config_files else None

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import recbole_mind  # noqa: F401  (applies the stack fixes before RecBole is used)
+import torch
+
+torch.set_num_threads(1)  # tiny tensors: threads only contend with the other test processes
 
 TINY = "tiny"
 GENRES = ["action", "comedy", "drama", "horror", "scifi", "romance"]
