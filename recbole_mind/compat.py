@@ -164,6 +164,35 @@ def _quiet_known_warnings():
     warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
 
 
+def _hyperopt_without_pkg_resources():
+    # Break: hyperopt 0.2.5 (the version RecBole's HyperTuning needs) imports pkg_resources in
+    # hyperopt/atpe.py at package import, and setuptools >= 81 no longer ships pkg_resources,
+    # so `import hyperopt` (hence HyperTuning.run) raises ModuleNotFoundError. atpe only calls
+    # pkg_resources.resource_string to read its bundled model files. Import hyperopt once with
+    # a stand-in that does just that, then take the stand-in out of sys.modules, so no other
+    # code sees a pkg_resources that is not there.
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec("hyperopt") is None or importlib.util.find_spec("pkg_resources"):
+        return
+
+    def resource_string(module_name, resource_name):
+        folder = os.path.dirname(sys.modules[module_name].__file__)
+        with open(os.path.join(folder, resource_name), "rb") as f:
+            return f.read()
+
+    stand_in = types.ModuleType("pkg_resources")
+    stand_in.resource_string = resource_string
+    sys.modules["pkg_resources"] = stand_in
+    try:
+        import hyperopt  # noqa: F401
+    finally:
+        if sys.modules.get("pkg_resources") is stand_in:
+            del sys.modules["pkg_resources"]
+
+
 def apply():
     """Apply every fix once; later calls do nothing."""
     global _APPLIED
@@ -174,4 +203,5 @@ def apply():
     _trusted_checkpoint_load()
     _pandas_copy_on_write()
     _quiet_known_warnings()
+    _hyperopt_without_pkg_resources()
     _APPLIED = True
