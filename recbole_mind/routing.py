@@ -64,7 +64,9 @@ class B2IRouting(nn.Module):
 
     def initial_logits(self, batch_size, seq_length, device):
         if self.training:
-            return torch.randn(batch_size, seq_length, self.interest_num, device=device) * self.init_std
+            # The buffer's dtype follows .double()/.half(), so training logits match the capsules.
+            return torch.randn(batch_size, seq_length, self.interest_num, device=device,
+                               dtype=self.eval_logits.dtype) * self.init_std
         if seq_length > self.eval_logits.size(0):
             raise ValueError(
                 f"sequence length {seq_length} exceeds MAX_ITEM_LIST_LENGTH "
