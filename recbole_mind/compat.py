@@ -155,13 +155,15 @@ def _pandas_copy_on_write():
 def _quiet_known_warnings():
     # Not a break, noise: with the fixes above, pandas 3 still warns at each chained fillna
     # RecBole runs (now a no-op, its NaN already filled), and torch warns that RecBole builds
-    # its GradScaler through the deprecated torch.cuda.amp. Both print on every run.
+    # its GradScaler through the deprecated torch.cuda.amp. Each prints on every run.
     import warnings
 
     chained = getattr(pd.errors, "ChainedAssignmentError", None)
     if chained is not None:
         warnings.filterwarnings("ignore", category=chained, module=r"recbole\.")
     warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.GradScaler", category=FutureWarning)
+    # RecBole turns read-only numpy arrays into tensors it never writes to.
+    warnings.filterwarnings("ignore", message=r"The given NumPy array is not writable", category=UserWarning)
 
 
 def _hyperopt_without_pkg_resources():
