@@ -25,6 +25,7 @@ from recbole_mind.routing import B2IRouting, active_interest_count
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
+_SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
 def properties_dir():
@@ -100,6 +101,11 @@ class LabelAwareAttention(nn.Module):
             best = scores.masked_fill(~interest_mask, float("-inf")).argmax(dim=-1)
             return interests[torch.arange(interests.size(0), device=interests.device), best]
         s = scores.double()
+        if s.requires_grad:
+            # At an exact tie of large scores the slope p |s|^(p-1) (50 * 40^49 for p = 50) is
+            # finite in float64 but overflows float32 on its way back, and one inf turns the
+            # parameters into NaN: clip it to a size float32 still holds.
+            s.register_hook(lambda grad: grad.clamp(-_SCORE_GRAD_LIMIT, _SCORE_GRAD_LIMIT))
         magnitude = torch.exp((self.power * torch.log(s.abs().clamp(min=1e-30))).clamp(max=700.0))
         powered = (torch.sign(s) * magnitude).masked_fill(~interest_mask, float("-inf"))
         weights = torch.softmax(powered, dim=-1).to(interests.dtype)
