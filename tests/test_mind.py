@@ -1,0 +1,309 @@
+"""Properties of the MIND model (recbole_mind/mind.py) that MIND_SPEC.md requires."""
+
+import math
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from recbole.utils import init_seed
+
+from recbole_mind.mind import MIND, LabelAwareAttention
+from recbole_mind.quick_start import build_config, prepare_data
+from recbole_mind.routing import BEHAVIOURS, INTERESTS
+
+L = 10  # MAX_ITEM_LIST_LENGTH of the tiny config
+FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year"]}
+BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
+
+
+def build(tiny_config, **overrides):
+    """(model, train_data) on the tiny dataset; the model starts in eval mode."""
+    config = build_config("MIND", "tiny", config_dict=tiny_config | overrides)
+    init_seed(config["seed"], True)
+    _, train_data, _, _ = prepare_data(config)
+    model = MIND(config, train_data._dataset)
+    return model.eval(), train_data
+
+
+def spec_active_count(n, k, dynamic=True):
+    return max(1, min(k, n.bit_length() - 1)) if dynamic else k
+
+
+def sequences(model, lengths, width=L, seed=0):
+    """An evaluation batch: one row per length, real item ids right-padded with 0 to ``width``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(lengths)
+    item_seq = torch.zeros(rows, width, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        item_seq[r, :n] = torch.randint(1, model.n_items, (n,), generator=generator)
+    return Interaction({
+        model.ITEM_SEQ: item_seq,
+        model.ITEM_SEQ_LEN: torch.tensor(lengths),
+        model.USER_ID: torch.arange(1, rows + 1),
+        model.ITEM_ID: torch.randint(1, model.n_items, (rows,), generator=generator),
+    })
+
+
+def naive_max_scores(interests, active, items):
+    """score[b, i] = max over the first active[b] interests of v_b^j . e_i, one row at a time."""
+    rows = []
+    for b in range(interests.size(0)):
+        per_interest = interests[b, :int(active[b])] @ items.t()  # [K'_b, N]
+        rows.append(per_interest.max(dim=0).values)
+    return torch.stack(rows)
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@pytest.mark.parametrize("axis", [INTERESTS, BEHAVIOURS])
+def test_full_sort_predict_is_padding_invariant(tiny_config, axis):
+    model, _ = build(tiny_config, routing_softmax_axis=axis, **FEATURES)
+    lengths = [1, 2, 3, 4, 6]
+    short = sequences(model, lengths, width=6)
+    wide = sequences(model, lengths, width=L)
+    assert torch.equal(wide[model.ITEM_SEQ][:, :6], short[model.ITEM_SEQ])
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(wide), model.full_sort_predict(short),
+                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(model.predict(wide), model.predict(short), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("k, dynamic", [(4, True), (2, True), (1, True), (4, False)])
+def test_exactly_k_prime_interests_are_active(tiny_config, k, dynamic):
+    # With a user profile the tower sees (0, p_u) for an inactive capsule: not zero unless masked.
+    model, _ = build(tiny_config, interest_num=k, dynamic_interest=dynamic, **FEATURES)
+    lengths = list(range(1, L + 1))
+    batch = sequences(model, lengths)
+    with torch.no_grad():
+        interests, mask, weights = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN],
+                                                 batch[model.USER_ID], return_weights=True)
+    expected = [spec_active_count(n, k, dynamic) for n in lengths]
+    assert mask.sum(dim=1).tolist() == expected
+    for row, active in enumerate(expected):
+        assert mask[row, :active].all()
+        assert torch.all(interests[row, active:] == 0), "inactive interests must be zero vectors"
+        assert torch.all(weights[row, :, active:] == 0), "inactive interests must get no routing weight"
+        assert torch.all(interests[row, :active].norm(dim=-1) > 0)
+
+
+def test_inactive_interests_never_win_the_max(tiny_config):
+    model, _ = build(tiny_config)
+    batch = sequences(model, [2, 3, 5, L])  # K' = 1, 1, 2, 3
+    items = model.item_vectors().detach()
+    with torch.no_grad():
+        interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+        scores = model.full_sort_predict(batch)
+    assert not mask.all()
+    # An inactive interest scores 0 against every item; it must not beat negative active scores.
+    unmasked_max = (interests @ items.t()).max(dim=1).values
+    assert not torch.allclose(unmasked_max, scores), "test data should have rows with all-negative scores"
+    huge = interests.clone()
+    huge[~mask] = 1e6 * torch.randn(int((~mask).sum()), interests.size(-1))
+    torch.testing.assert_close(model.max_interest_scores(huge, mask, items), scores)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_full_sort_predict_equals_naive_max_and_predict(tiny_config, k):
+    model, _ = build(tiny_config, interest_num=k, **FEATURES)
+    lengths = [1, 2, 3, 4, 5, 7, 8, L]
+    batch = sequences(model, lengths)
+    with torch.no_grad():
+        interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.USER_ID])
+        scores = model.full_sort_predict(batch)
+        given = model.predict(batch)
+        items = model.item_vectors()
+    assert scores.shape == (len(lengths), model.n_items)
+    active = [spec_active_count(n, k) for n in lengths]
+    torch.testing.assert_close(scores, naive_max_scores(interests, active, items), rtol=1e-5, atol=1e-6)
+    picked = scores[torch.arange(len(lengths)), batch[model.ITEM_ID]]
+    torch.testing.assert_close(given, picked, rtol=1e-5, atol=1e-6)
+    if k == 1:  # a single-vector model: the max is that vector's score
+        torch.testing.assert_close(scores, interests[:, 0] @ items.t(), rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_is_deterministic_and_training_is_not(tiny_config):
+    model, _ = build(tiny_config, **FEATURES)
+    batch = sequences(model, [1, 3, 6, L])
+    with torch.no_grad():
+        first = model.full_sort_predict(batch)
+        torch.manual_seed(123)  # the global RNG must not matter in evaluation
+        second = model.full_sort_predict(batch)
+        model.train()
+        train_a, _ = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.USER_ID])
+        train_b, _ = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.USER_ID])
+    assert torch.equal(first, second)
+    # n = 1 has one interest and one behaviour: routing has nothing to decide for it.
+    assert not torch.allclose(train_a[1:], train_b[1:]), "training must draw fresh routing logits"
+    torch.testing.assert_close(train_a[0], train_b[0])
+
+
+# --------------------------------------------------------------------------- label-aware attention
+
+
+def attention_inputs(seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    interests = torch.randn(5, 4, 8, generator=generator) * scale
+    label = torch.randn(5, 8, generator=generator) * scale
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    return interests * mask.unsqueeze(-1), label, mask
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 50.0, math.inf])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 30.0, 1000.0])
+def test_label_aware_attention_is_finite_with_finite_gradients(power, scale):
+    interests, label, mask = attention_inputs(seed=int(scale), scale=scale)
+    interests.requires_grad_()
+    label.requires_grad_()
+    scores = torch.einsum("bkd,bd->bk", interests, label)
+    assert (scores[mask] < 0).any() and scores.abs().max() > 1 or scale < 1
+    out = LabelAwareAttention(power)(interests, label, mask)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(interests.grad).all()
+    assert label.grad is None or torch.isfinite(label.grad).all()
+
+
+@pytest.mark.parametrize("power", [2.0, 50.0])
+@pytest.mark.parametrize("score", [3.0, 40.0, -40.0])
+def test_label_aware_attention_gradients_stay_finite_at_ties(power, score):
+    # Two different interests with exactly the same (large) score: |s|^p has a huge slope there.
+    interests = torch.tensor([[[score, 0.0, 0.0], [0.0, score, 0.0]]], requires_grad=True)
+    label = torch.tensor([[1.0, 1.0, 0.5]], requires_grad=True)
+    out = LabelAwareAttention(power)(interests, label, torch.ones(1, 2, dtype=torch.bool))
+    (out * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch.testing.assert_close(out, interests.detach().mean(dim=1))
+    assert torch.isfinite(interests.grad).all() and torch.isfinite(label.grad).all()
+
+
+def test_label_aware_attention_p1_is_softmax_of_raw_scores():
+    interests, label, mask = attention_inputs(seed=3, scale=2.0)
+    scores = torch.einsum("bkd,bd->bk", interests, label)
+    weights = torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1)
+    expected = torch.einsum("bk,bkd->bd", weights, interests)
+    torch.testing.assert_close(LabelAwareAttention(1.0)(interests, label, mask), expected)
+
+
+def test_label_aware_attention_p2_uses_sign_preserving_power():
+    interests, label, mask = attention_inputs(seed=4)
+    scores = torch.einsum("bkd,bd->bk", interests, label)
+    powered = torch.sign(scores) * scores.abs() ** 2
+    weights = torch.softmax(powered.masked_fill(~mask, -math.inf), dim=-1)
+    expected = torch.einsum("bk,bkd->bd", weights, interests)
+    torch.testing.assert_close(LabelAwareAttention(2.0)(interests, label, mask), expected)
+
+
+def test_label_aware_attention_pinf_picks_the_best_active_interest():
+    interests, label, mask = attention_inputs(seed=5, scale=3.0)
+    # Make an inactive interest the best match by far: it must still not be chosen.
+    interests[1, 3] = 100.0 * label[1]
+    scores = torch.einsum("bkd,bd->bk", interests, label)
+    out = LabelAwareAttention(math.inf)(interests, label, mask)
+    for b in range(interests.size(0)):
+        active = int(mask[b].sum())
+        best = max(range(active), key=lambda j: scores[b, j].item())
+        assert torch.equal(out[b], interests[b, best])
+
+
+# --------------------------------------------------------------------------- training
+
+
+def fixed_batch(train_data):
+    return next(iter(train_data))
+
+
+@pytest.mark.parametrize("loss, features", [
+    ("CE", False), ("SSM", False), ("BPR", False), ("CE", True), ("SSM", True), ("BPR", True)])
+def test_each_loss_goes_down_on_a_fixed_batch(tiny_config, loss, features):
+    overrides = dict(BPR) if loss == "BPR" else {"loss_type": loss}
+    if loss == "SSM":
+        overrides["num_negatives"] = 8
+    if features:
+        overrides.update(FEATURES)
+    model, train_data = build(tiny_config, **overrides)
+    batch = fixed_batch(train_data)
+    if loss == "BPR":
+        assert model.NEG_ITEM_ID in batch
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def loss_at(seed):  # same routing logits and negatives before and after training
+        torch.manual_seed(seed)
+        return model.calculate_loss(batch)
+
+    with torch.no_grad():
+        before = loss_at(99).item()
+    for step in range(20):
+        optimiser.zero_grad()
+        value = model.calculate_loss(batch)
+        assert torch.isfinite(value)
+        value.backward()
+        optimiser.step()
+    with torch.no_grad():
+        after = loss_at(99).item()
+    assert math.isfinite(before) and after < 0.9 * before, (before, after)
+
+
+def hand_ssm_loss(model, batch, seed, log_q, correct=True, mask_hits=True):
+    """The sampled softmax of one batch, row by row, replaying the model's random draws."""
+    torch.manual_seed(seed)
+    interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    negatives = torch.multinomial(model.sampling_log_prob.exp(), model.num_negatives, replacement=True)
+    labels = batch[model.POS_ITEM_ID]
+    items = model.item_vectors()
+    user = model.attention(interests, items[labels], mask) / model.temperature
+    losses, hits = [], 0
+    for b in range(len(labels)):
+        pos = int(labels[b])
+        logits = [user[b] @ items[pos] - (log_q[pos] if correct else 0.0)]
+        for neg in negatives.tolist():
+            if neg == pos:
+                hits += 1
+                if mask_hits:
+                    continue
+            logits.append(user[b] @ items[neg] - (log_q[neg] if correct else 0.0))
+        logits = torch.stack(logits)
+        losses.append(torch.logsumexp(logits, dim=0) - logits[0])
+    return torch.stack(losses).mean(), negatives, hits
+
+
+def test_sampled_softmax_masks_hits_and_applies_log_q(tiny_config):
+    model, train_data = build(tiny_config, loss_type="SSM", num_negatives=30, temperature=0.5,
+                              sampling_distribution="popularity", sampling_alpha=0.75)
+    dataset = train_data._dataset
+    counts = torch.bincount(dataset.inter_feat[dataset.iid_field].long(), minlength=model.n_items).double()
+    proposal = (counts + 1.0) ** 0.75  # popularity^alpha, +1 so unseen items stay drawable
+    proposal[0] = 0.0  # the padding item is never drawn
+    log_q = torch.log(proposal / proposal.sum())
+    torch.testing.assert_close(model.sampling_log_prob.double(), log_q, rtol=1e-5, atol=1e-6)
+    assert log_q[1:].std() > 0.05, "popularity must make log Q non-constant, or log-Q would cancel"
+
+    batch = fixed_batch(train_data)
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = model.calculate_loss(batch)
+        expected, negatives, hits = hand_ssm_loss(model, batch, 5, log_q.float())
+        no_correction, _, _ = hand_ssm_loss(model, batch, 5, log_q.float(), correct=False)
+        no_masking, _, _ = hand_ssm_loss(model, batch, 5, log_q.float(), mask_hits=False)
+    assert hits > 0, "the draw should contain accidental hits for the test to mean anything"
+    assert (negatives > 0).all()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(loss, no_correction, rtol=1e-4), "log-Q correction must be applied"
+    assert not torch.isclose(loss, no_masking, rtol=1e-4), "accidental hits must be masked"
+
+
+def test_sampled_softmax_ignores_a_negative_equal_to_the_label(tiny_config):
+    """With every negative equal to the label, the only logit is the label's: the loss is 0."""
+    model, train_data = build(tiny_config, loss_type="SSM", num_negatives=3)
+    model.train()
+    batch = fixed_batch(train_data)
+    labels = batch[model.POS_ITEM_ID]
+    single = Interaction({key: batch[key][:1].repeat(*([4] + [1] * (batch[key].dim() - 1)))
+                          for key in batch.interaction})
+    # A one-hot proposal on the label: every draw is an accidental hit.
+    log_prob = torch.full_like(model.sampling_log_prob, -math.inf)
+    log_prob[labels[0]] = 0.0
+    model.sampling_log_prob = log_prob
+    loss = model.calculate_loss(single)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)
