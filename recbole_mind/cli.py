@@ -29,6 +29,8 @@ def parse_args(argv):
     parser.add_argument("--dataset", "-d", default=None,
                         help="dataset name (default ml-100k, shipped inside recbole: no download)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml config files")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                        help="continue an interrupted run from the checkpoint it saved (RecBole's resume)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     for module in modes():
         module.add_arguments(parser)
@@ -56,7 +58,7 @@ def run_from_args(args, overrides):
         raise UserError("give the dataset and model as --dataset NAME and --model NAME")
     config_files = args.config_files.split() if args.config_files else None
     result = quick_start.run(args.model, args.dataset or quick_start.DEFAULT_DATASET,
-                             config_files=config_files, config_dict=overrides)
+                             config_files=config_files, config_dict=overrides, resume_from=args.resume)
     print(format_result(result))
     return result
 

@@ -13,6 +13,7 @@ serving scores an item by its best-matching active interest.
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
@@ -21,6 +22,7 @@ from recbole.model.loss import BPRLoss
 from recbole.utils import FeatureType
 from torch import nn
 
+from recbole_mind.errors import UserError
 from recbole_mind.routing import B2IRouting, active_interest_count
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
@@ -57,15 +59,15 @@ class FeatureEmbedding(nn.Module):
         self.embeddings = nn.ModuleList()
         for i, field in enumerate(self.fields):
             if field not in dataset.field2type or field not in table.columns:
-                raise ValueError(
-                    f"{source} feature '{field}' is not in the dataset's .{source} file: load it "
-                    f"with load_col: {{{source}: [..., {field}]}} or remove it from {source}_features"
+                raise UserError(
+                    f"{source}_features names '{field}', which the dataset's .{source} file does not "
+                    f"have (or load_col does not load): remove it from {source}_features"
                 )
             ftype = dataset.field2type[field]
             if ftype not in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
-                raise ValueError(
+                raise UserError(
                     f"{source} feature '{field}' is {ftype.value}; MIND embeds token and "
-                    f"token_seq features only"
+                    f"token_seq features only: remove it from {source}_features"
                 )
             values = table[field].long()
             if values.dim() == 1:
@@ -112,6 +114,79 @@ class LabelAwareAttention(nn.Module):
         return torch.einsum("bk,bkd->bd", weights, interests)
 
 
+def read_hyper_parameters(config):
+    """MIND's keys from a RecBole Config (missing ones from MIND.yaml), converted and checked.
+
+    Raises:
+        UserError: one message listing every bad value and what it must be.
+    """
+    defaults = default_config()
+    problems = []
+
+    def param(key, convert):
+        value = config[key] if key in config else None
+        value = defaults.get(key) if value is None else value
+        try:
+            return convert(value)
+        except (TypeError, ValueError):
+            problems.append(f"{key} must be {convert.__name__}, got {value!r}")
+            return defaults.get(key)
+
+    def boolean(value):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if isinstance(value, (bool, int)):
+            return bool(value)
+        raise ValueError(value)
+
+    def names(value):
+        return [str(v) for v in (value or [])] if not isinstance(value, str) else [value]
+
+    hp = SimpleNamespace(
+        embedding_size=param("embedding_size", int),
+        interest_num=param("interest_num", int),
+        dynamic_interest=param("dynamic_interest", boolean),
+        routing_iterations=param("routing_iterations", int),
+        routing_init_std=param("routing_init_std", float),
+        routing_softmax_axis=param("routing_softmax_axis", str),
+        routing_seed=param("routing_seed", int),
+        hidden_layers=param("hidden_layers", int),
+        attention_power=param("attention_power", float),
+        temperature=param("temperature", float),
+        loss_type=param("loss_type", str),
+        num_negatives=param("num_negatives", int),
+        sampling_distribution=param("sampling_distribution", str),
+        sampling_alpha=param("sampling_alpha", float),
+        user_features=param("user_features", names),
+        item_features=param("item_features", names),
+    )
+    if hp.interest_num < 1:
+        problems.append(f"interest_num must be >= 1, got {hp.interest_num}")
+    if hp.routing_iterations < 1:
+        problems.append(f"routing_iterations must be >= 1, got {hp.routing_iterations}")
+    if not hp.attention_power > 0:
+        problems.append(f"attention_power must be > 0 (inf for hard attention), got {hp.attention_power}")
+    if hp.embedding_size < 1:
+        problems.append(f"embedding_size must be >= 1, got {hp.embedding_size}")
+    if hp.hidden_layers < 0 or (hp.hidden_layers == 0 and hp.user_features):
+        problems.append(f"hidden_layers must be >= 0, and >= 1 with user_features, got {hp.hidden_layers}")
+    if not hp.routing_init_std > 0:
+        problems.append(f"routing_init_std must be > 0, got {hp.routing_init_std}")
+    if hp.routing_softmax_axis not in ("interests", "behaviours"):
+        problems.append(f"routing_softmax_axis must be interests or behaviours, got {hp.routing_softmax_axis!r}")
+    if not hp.temperature > 0:
+        problems.append(f"temperature must be > 0, got {hp.temperature}")
+    if hp.loss_type not in LOSS_TYPES:
+        problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}")
+    if hp.loss_type == "SSM" and hp.num_negatives < 1:
+        problems.append(f"num_negatives must be >= 1 with loss_type SSM, got {hp.num_negatives}")
+    if hp.sampling_distribution not in SAMPLING_DISTRIBUTIONS:
+        problems.append(f"sampling_distribution must be uniform or popularity, got {hp.sampling_distribution!r}")
+    if problems:
+        raise UserError("MIND config: " + "; ".join(problems))
+    return hp
+
+
 class MIND(SequentialRecommender):
     r"""MIND extracts K'_u interest vectors from a behaviour sequence by dynamic routing.
 
@@ -121,26 +196,20 @@ class MIND(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        defaults = default_config()
-
-        def param(key):
-            value = config[key] if key in config else None
-            return defaults.get(key) if value is None else value
-
-        self.embedding_size = int(param("embedding_size"))
-        self.interest_num = int(param("interest_num"))
-        self.dynamic_interest = bool(param("dynamic_interest"))
-        self.routing_iterations = int(param("routing_iterations"))
-        self.hidden_layers = int(param("hidden_layers"))
-        self.attention_power = float(param("attention_power"))
-        self.temperature = float(param("temperature"))
-        self.loss_type = str(param("loss_type"))
-        self.num_negatives = int(param("num_negatives"))
-        self.sampling_distribution = str(param("sampling_distribution"))
-        self.sampling_alpha = float(param("sampling_alpha"))
-        self.user_features = list(param("user_features") or [])
-        self.item_features = list(param("item_features") or [])
-        self._check_params()
+        hp = read_hyper_parameters(config)
+        self.embedding_size = hp.embedding_size
+        self.interest_num = hp.interest_num
+        self.dynamic_interest = hp.dynamic_interest
+        self.routing_iterations = hp.routing_iterations
+        self.hidden_layers = hp.hidden_layers
+        self.attention_power = hp.attention_power
+        self.temperature = hp.temperature
+        self.loss_type = hp.loss_type
+        self.num_negatives = hp.num_negatives
+        self.sampling_distribution = hp.sampling_distribution
+        self.sampling_alpha = hp.sampling_alpha
+        self.user_features = hp.user_features
+        self.item_features = hp.item_features
 
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.item_side = (
@@ -155,8 +224,8 @@ class MIND(SequentialRecommender):
         )
         self.routing = B2IRouting(
             self.embedding_size, self.interest_num, self.max_seq_length,
-            iterations=self.routing_iterations, init_std=float(param("routing_init_std")),
-            softmax_axis=str(param("routing_softmax_axis")), seed=int(param("routing_seed")),
+            iterations=self.routing_iterations, init_std=hp.routing_init_std,
+            softmax_axis=hp.routing_softmax_axis, seed=hp.routing_seed,
         )
         tower, width = [], self.embedding_size * (1 + len(self.user_features))
         for _ in range(self.hidden_layers):
@@ -169,29 +238,6 @@ class MIND(SequentialRecommender):
         if self.loss_type == "SSM":
             self.register_buffer("sampling_log_prob", self._sampling_log_prob(dataset), persistent=False)
         self.apply(self._init_weights)
-
-    def _check_params(self):
-        problems = []
-        if self.interest_num < 1:
-            problems.append(f"interest_num must be >= 1, got {self.interest_num}")
-        if self.routing_iterations < 1:
-            problems.append(f"routing_iterations must be >= 1, got {self.routing_iterations}")
-        if not self.attention_power > 0:
-            problems.append(f"attention_power must be > 0 (inf for hard attention), got {self.attention_power}")
-        if self.embedding_size < 1:
-            problems.append(f"embedding_size must be >= 1, got {self.embedding_size}")
-        if self.hidden_layers < 0 or (self.hidden_layers == 0 and self.user_features):
-            problems.append("hidden_layers must be >= 0, and >= 1 when user_features are used")
-        if not self.temperature > 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.loss_type not in LOSS_TYPES:
-            problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
-        if self.loss_type == "SSM" and self.num_negatives < 1:
-            problems.append(f"num_negatives must be >= 1 with loss_type SSM, got {self.num_negatives}")
-        if self.sampling_distribution not in SAMPLING_DISTRIBUTIONS:
-            problems.append(f"sampling_distribution must be uniform or popularity, got {self.sampling_distribution!r}")
-        if problems:
-            raise ValueError("MIND config: " + "; ".join(problems))
 
     @staticmethod
     def _init_weights(module):

@@ -12,6 +12,8 @@ import sys
 import time
 from logging import getLogger
 
+import torch
+
 from recbole_mind import compat
 
 compat.apply()
@@ -20,9 +22,11 @@ from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import get_model, get_trainer, init_logger, init_seed  # noqa: E402
 
+from recbole_mind.checkpoint import check_matches, load_checkpoint  # noqa: E402
+from recbole_mind.checks import check_config_files, check_dataset_files, check_run_config  # noqa: E402
 from recbole_mind.download import ensure_dataset  # noqa: E402
 from recbole_mind.errors import UserError  # noqa: E402
-from recbole_mind.mind import MIND, properties_dir  # noqa: E402
+from recbole_mind.mind import MIND, properties_dir, read_hyper_parameters  # noqa: E402
 
 DEFAULT_DATASET = "ml-100k"  # ships inside the recbole package: no download
 PLUGIN_MODELS = {"MIND": MIND}
@@ -47,11 +51,9 @@ def config_file_list(model_class, extra_files=None):
     files = [str(properties_dir() / "run.yaml")]
     if model_class is MIND:
         files.append(str(properties_dir() / "MIND.yaml"))
-    for path in extra_files or []:
-        if not os.path.isfile(path):
-            raise UserError(f"config file {path} does not exist: check the path given to --config_files")
-        files.append(str(path))
-    return files
+    extra_files = [str(path) for path in extra_files or []]
+    check_config_files(extra_files)
+    return files + extra_files
 
 
 @contextlib.contextmanager
@@ -72,6 +74,9 @@ def build_config(model="MIND", dataset=DEFAULT_DATASET, config_files=None, confi
         config = Config(model=model_class, dataset=dataset,
                         config_file_list=config_file_list(model_class, config_files),
                         config_dict=dict(config_dict or {}))
+    check_run_config(config)
+    if model_class is MIND:
+        read_hyper_parameters(config)  # bad MIND keys fail now, not after loading the data
     _load_configured_features(config)
     return config
 
@@ -95,13 +100,18 @@ def prepare_data(config):
     """Download the dataset if needed, then RecBole's create_dataset and data_preparation."""
     ensure_dataset(config["dataset"], config["data_path"], url=config["dataset_url"],
                    timeout=config["download_timeout"] or 30, show_progress=bool(config["show_progress"]))
+    check_dataset_files(config)
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
 
 
-def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None, saved=True):
+def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None, saved=True,
+        resume_from=None):
     """Train and evaluate one model; returns RecBole's result dict plus timing.
+
+    ``resume_from`` names a checkpoint of an interrupted run to continue with RecBole's own
+    ``Trainer.resume_checkpoint`` (model, optimiser, epoch and best score).
 
     Returns:
         dict with RecBole's ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
@@ -120,12 +130,26 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
     net = model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if resume_from:
+        check_matches(load_checkpoint(resume_from), resume_from, config["model"], net.n_items)
+        trainer.resume_checkpoint(resume_from)
+        logger.info(f"resumed from {resume_from} at epoch {trainer.start_epoch}")
 
     epoch_seconds = []
     _time_epochs(trainer, epoch_seconds)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    _save_checkpoints_atomically(trainer)
+    _stop_on_non_finite_loss(trainer)
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+    except _NonFiniteLoss as e:
+        kept = trainer.saved_model_file if saved and os.path.isfile(trainer.saved_model_file) else None
+        raise UserError(
+            f"training loss became {e} in epoch {trainer.start_epoch + len(epoch_seconds) + 1}: lower "
+            f"learning_rate (now {config['learning_rate']}) or check the data; "
+            + (f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint had been saved")
+        ) from None
     started = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_s = time.perf_counter() - started
@@ -145,6 +169,33 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "eval_s": eval_s,
         "saved_model_file": trainer.saved_model_file if saved else None,
     }
+
+
+class _NonFiniteLoss(Exception):
+    pass
+
+
+def _stop_on_non_finite_loss(trainer):
+    """RecBole checks each batch's loss for NaN only; stop on inf too, with our own error."""
+
+    def check(loss):
+        if not torch.isfinite(loss).all():
+            raise _NonFiniteLoss("nan" if torch.isnan(loss).any() else "inf")
+
+    trainer._check_nan = check
+
+
+def _save_checkpoints_atomically(trainer):
+    """Write each best checkpoint to a temporary file and rename it over the old one, so an
+    interrupt during torch.save never leaves a corrupt best model behind."""
+    save = trainer._save_checkpoint
+
+    def atomic(*args, **kwargs):
+        final = kwargs.pop("saved_model_file", trainer.saved_model_file)
+        save(*args, saved_model_file=final + ".partial", **kwargs)
+        os.replace(final + ".partial", final)
+
+    trainer._save_checkpoint = atomic
 
 
 def _time_epochs(trainer, sink):

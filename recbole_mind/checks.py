@@ -1,0 +1,89 @@
+"""Checks of user input that RecBole would otherwise meet with a traceback deep in its code.
+
+Each check raises :class:`recbole_mind.errors.UserError` with one line naming the problem and the fix.
+"""
+
+import os
+
+import pandas as pd
+import yaml
+from recbole.utils import FeatureType
+
+from recbole_mind.errors import UserError
+
+_TYPES = {t.value for t in FeatureType}
+
+
+def check_config_files(paths):
+    """Each config file exists and holds a YAML mapping."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f"config file {path} does not exist: check the path given to --config_files")
+        try:
+            with open(path, encoding="utf-8") as f:
+                content = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise UserError(f"config file {path} is not valid YAML{where}: write it as 'key: value' lines") from None
+        except UnicodeDecodeError:
+            raise UserError(f"config file {path} is not a text YAML file: give a .yaml config") from None
+        if content is not None and not isinstance(content, dict):
+            raise UserError(f"config file {path} is YAML but not a mapping of keys: write it as 'key: value' lines")
+
+
+def check_run_config(config):
+    """Keys every sequential model needs that RecBole does not check itself."""
+    length = config["MAX_ITEM_LIST_LENGTH"]
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise UserError(f"MAX_ITEM_LIST_LENGTH must be an integer >= 1, got {length!r}")
+
+
+def _header(path, separator):
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n").split(separator)
+
+
+def check_atomic_file(path, separator="\t", required=()):
+    """The header of an atomic file reads ``name:type`` per column, with the required names,
+    and its float columns hold numbers."""
+    fields = {}
+    for column in _header(path, separator):
+        name, colon, ftype = column.partition(":")
+        if not colon or ftype not in _TYPES:
+            raise UserError(
+                f"{path}: header column {column!r} is not 'name:type' with type one of "
+                f"{', '.join(sorted(_TYPES))}; fix the first line of the file"
+            )
+        fields[name] = ftype
+    for name in required:
+        if name not in fields:
+            raise UserError(f"{path}: no '{name}' column in the header {list(fields)}; "
+                            f"add it or set the matching *_FIELD key")
+    float_columns = [f"{n}:{t}" for n, t in fields.items() if t == FeatureType.FLOAT.value]
+    if float_columns:
+        frame = pd.read_csv(path, sep=separator, usecols=float_columns, dtype=str, keep_default_na=False)
+        for column in float_columns:
+            values = frame[column]
+            bad = values[(values != "") & pd.to_numeric(values, errors="coerce").isna()]
+            if len(bad):
+                raise UserError(
+                    f"{path}: column {column} has a non-numeric value {bad.iloc[0]!r} on line "
+                    f"{bad.index[0] + 2}; fix the value or declare the column :token"
+                )
+    return fields
+
+
+def check_dataset_files(config):
+    """The dataset's .inter (and any .user/.item RecBole will read) are well-formed."""
+    folder, name = config["data_path"], config["dataset"]
+    separator = config["field_separator"] or "\t"
+    inter = os.path.join(folder, f"{name}.inter")
+    if not os.path.isfile(inter):
+        raise UserError(f"no {name}.inter in {folder}: put the dataset's RecBole atomic files there")
+    required = [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]]
+    check_atomic_file(inter, separator, required)
+    for suffix, id_field in (("user", "USER_ID_FIELD"), ("item", "ITEM_ID_FIELD")):
+        path = os.path.join(folder, f"{name}.{suffix}")
+        if os.path.isfile(path):
+            check_atomic_file(path, separator, [config[id_field]])

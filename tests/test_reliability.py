@@ -1,0 +1,189 @@
+"""Bad input gets one clear line and exit code 2; NaN stops cleanly; resume; reproducibility;
+MIND under RecBole's evaluation settings."""
+
+import os
+
+import pytest
+import torch
+
+from recbole_mind import MIND
+from recbole_mind.checkpoint import load_checkpoint
+from recbole_mind.cli import main
+from recbole_mind.errors import UserError
+from recbole_mind.quick_start import run
+
+
+def _args(cfg):
+    return [f"--{k}={v}" for k, v in cfg.items()]
+
+
+def _one_error_line(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_unknown_dataset(capsys, tmp_path):
+    line = _one_error_line(capsys, ["--dataset", "no-such-data", f"--data_path={tmp_path}"])
+    assert "unknown dataset 'no-such-data'" in line
+
+
+def test_folder_without_inter_file(capsys, tmp_path):
+    _write(str(tmp_path / "mine" / "mine.user"), "user_id:token\n1\n")
+    line = _one_error_line(capsys, ["--dataset", "mine", f"--data_path={tmp_path}"])
+    assert "has no mine.inter" in line
+
+
+@pytest.mark.parametrize("header,row,expected", [
+    ("user_id\titem_id\ttimestamp", "1\t2\t3", "is not 'name:type'"),
+    ("user_id:token\titem_id:token\ttimestamp:float", "1\t2\tyesterday", "non-numeric value 'yesterday' on line 2"),
+    ("user:token\titem_id:token", "1\t2", "no 'user_id' column"),
+])
+def test_malformed_inter_file(capsys, tmp_path, header, row, expected):
+    _write(str(tmp_path / "bad" / "bad.inter"), f"{header}\n{row}\n")
+    line = _one_error_line(capsys, ["--dataset", "bad", f"--data_path={tmp_path}"])
+    assert expected in line
+
+
+def test_config_file_missing_or_not_yaml(capsys, tmp_path):
+    line = _one_error_line(capsys, ["--config_files", str(tmp_path / "nope.yaml")])
+    assert "does not exist" in line
+    bad = _write(str(tmp_path / "bad.yaml"), "epochs: [1, 2\nlearning_rate: : 3\n")
+    assert "is not valid YAML" in _one_error_line(capsys, ["--config_files", bad])
+    listing = _write(str(tmp_path / "list.yaml"), "- a\n- b\n")
+    assert "not a mapping" in _one_error_line(capsys, ["--config_files", listing])
+
+
+def test_unknown_model(capsys):
+    assert "unknown model 'Nope'" in _one_error_line(capsys, ["-m", "Nope"])
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--interest_num=0", "interest_num must be >= 1"),
+    ("--routing_iterations=0", "routing_iterations must be >= 1"),
+    ("--attention_power=0", "attention_power must be > 0"),
+    ("--attention_power=-2", "attention_power must be > 0"),
+    ("--embedding_size=0", "embedding_size must be >= 1"),
+    ("--MAX_ITEM_LIST_LENGTH=0", "MAX_ITEM_LIST_LENGTH must be an integer >= 1"),
+    ("--loss_type=XE", "loss_type must be one of CE, SSM, BPR"),
+    ("--interest_num=four", "interest_num must be int"),
+])
+def test_bad_model_settings(capsys, tiny_config, override, expected):
+    line = _one_error_line(capsys, ["--dataset", "tiny", *_args(tiny_config), override])
+    assert expected in line
+
+
+def test_ssm_needs_negatives(capsys, tiny_config):
+    line = _one_error_line(capsys, ["--dataset", "tiny", *_args(tiny_config), "--loss_type=SSM", "--num_negatives=0"])
+    assert "num_negatives must be >= 1 with loss_type SSM" in line
+
+
+@pytest.mark.parametrize("key", ["user_features", "item_features"])
+def test_feature_the_dataset_lacks(capsys, tiny_config, key):
+    line = _one_error_line(capsys, ["--dataset", "tiny", *_args(tiny_config), f"--{key}=['shoe_size']"])
+    assert f"{key} names 'shoe_size'" in line
+
+
+def test_checkpoint_missing_not_a_checkpoint_or_foreign(capsys, tiny_config, tmp_path):
+    base = ["--dataset", "tiny", *_args(tiny_config)]
+    assert "does not exist" in _one_error_line(capsys, base + ["--resume", str(tmp_path / "gone.pth")])
+    junk = _write(str(tmp_path / "junk.pth"), "not a checkpoint")
+    assert "is not a RecBole checkpoint" in _one_error_line(capsys, base + ["--resume", junk])
+    other = run("GRU4Rec", "tiny", config_dict={**tiny_config, "hidden_size": 8})["saved_model_file"]
+    assert "is a GRU4Rec model, not MIND" in _one_error_line(capsys, base + ["--resume", other])
+    mind = run("MIND", "tiny", config_dict=tiny_config)["saved_model_file"]
+    from conftest import write_tiny_dataset
+
+    write_tiny_dataset(str(tmp_path / "bigger"), name="tiny", n_items=60)
+    line = _one_error_line(capsys, ["--dataset", "tiny", *_args({**tiny_config, "data_path": str(tmp_path / "bigger")}),
+                                    "--resume", mind])
+    assert "was trained on 41 items" in line and "this dataset has 61" in line
+
+
+def test_single_interaction_users_and_sequences_shorter_than_k(tmp_path, tiny_config):
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    t = 0
+    for u in range(1, 41):
+        for k in range([1, 2, 3, 7][u % 4]):
+            rows.append(f"{u}\t{(u * 7 + k) % 30 + 1}\t{t}")
+            t += 1
+    _write(str(tmp_path / "short" / "short.inter"), "\n".join(rows) + "\n")
+    result = run("MIND", "short", config_dict={**tiny_config, "data_path": str(tmp_path), "interest_num": 8})
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+
+class ExplodingMIND(MIND):
+    """MIND whose loss turns to NaN in its second epoch (one batch per epoch)."""
+
+    calls = 0
+
+    def calculate_loss(self, interaction):
+        ExplodingMIND.calls += 1
+        loss = super().calculate_loss(interaction)
+        return loss * float("nan") if ExplodingMIND.calls > 1 else loss
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_config):
+    ExplodingMIND.calls = 0
+    with pytest.raises(UserError, match=r"training loss became nan in epoch 2: lower learning_rate") as err:
+        run(ExplodingMIND, "tiny", config_dict={**tiny_config, "epochs": 3, "train_batch_size": 100000})
+    kept = str(err.value).rsplit("kept at ", 1)[1]
+    checkpoint = load_checkpoint(kept)
+    assert checkpoint["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    assert not os.path.exists(kept + ".partial")
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tiny_config):
+    first = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 2})
+    saved_epoch = load_checkpoint(first["saved_model_file"])["epoch"]  # RecBole saves the best epoch
+    resumed = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 4}, resume_from=first["saved_model_file"])
+    assert resumed["epochs_run"] == 4 - (saved_epoch + 1)  # only the epochs after the checkpoint
+
+
+def test_same_seed_same_metrics(tiny_config):
+    cfg = {**tiny_config, "epochs": 2, "reproducibility": True}
+    first, second = run("MIND", "tiny", config_dict=cfg), run("MIND", "tiny", config_dict=cfg)
+    assert first["best_valid_result"] == second["best_valid_result"]
+    assert first["test_result"] == second["test_result"]
+
+
+# Every value RecBole's own sequential-model tests exercise appears at least once, and each
+# pair of (mode, split) and (loss, features) is covered.
+_BPR = {"distribution": "uniform", "sample_num": 1}
+_FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year"]}
+SETTINGS = [
+    ("full", "LS", "CE", False, 10),
+    ("full", "RS", "SSM", True, 200),
+    ("uni100", "LS", "BPR", True, 1),
+    ("uni100", "RS", "CE", True, 10),
+    ("pop100", "LS", "SSM", False, 10),
+    ("pop100", "RS", "BPR", False, 200),
+    ("full", "LS", "BPR", True, 10),
+    ("full", "LS", "SSM", True, 1),
+    ("full", "RS", "CE", True, 1),
+]
+
+
+@pytest.mark.parametrize("mode,split,loss,features,max_len", SETTINGS)
+def test_recbole_evaluation_settings(tiny_config, mode, split, loss, features, max_len):
+    cfg = {
+        **tiny_config,
+        "eval_args": {"split": {"LS": "valid_and_test"} if split == "LS" else {"RS": [0.8, 0.1, 0.1]},
+                      "order": "TO", "group_by": "user", "mode": mode},
+        "loss_type": loss, "num_negatives": 8, "MAX_ITEM_LIST_LENGTH": max_len,
+        "train_neg_sample_args": _BPR if loss == "BPR" else None,
+        **(_FEATURES if features else {}),
+    }
+    result = run("MIND", "tiny", config_dict=cfg)
+    assert all(0 <= v <= 1 for v in result["test_result"].values())
