@@ -1,0 +1,604 @@
+"""Explain a trained MIND: routing pictures, capsule health, and whether interests mean something.
+
+``python run_recbole_mind.py --explain --checkpoint saved/MIND-....pth [--users 1,2,3] [--output_dir DIR]``
+
+- per user (RecBole external user ids): a heat map of the routing weights from each behaviour of
+  the user's test row to each active interest, rows labelled with the items' titles and genres
+  where the dataset's .item file has them, and the top items each interest retrieves;
+- capsule health over all users' test rows: K'_u, the mean pairwise cosine between one user's
+  active interests (collapse shows as cosine near 1), interest norms, which interest wins the
+  max for the test item, and how sharp the routing is;
+- interest purity: each behaviour goes to its argmax-weight interest, and the share of the
+  majority label among an interest's behaviours is compared with a random assignment of the
+  same group sizes (a per-user permutation of the assignment, several draws). Labels are the
+  item genres where the dataset has them and item co-occurrence clusters (spectral
+  co-clustering of the user-item matrix, then k-means) everywhere.
+
+Python API: :func:`load_checkpoint` -> :class:`Explainer`; ``explain_user``, ``capsule_health``,
+``routing_purity``, ``genre_labels``, ``cooccurrence_labels``, ``plot_user``, ``plot_health``.
+"""
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recbole_mind import quick_start
+from recbole_mind.errors import UserError
+from recbole_mind.mind import MIND
+
+# .item columns used as labels when the dataset has them (ml-100k: movie_title, class).
+TITLE_FIELDS = ("movie_title", "title")
+GENRE_FIELDS = ("class", "genre", "genres", "categories")
+TOP_ITEMS = 5  # items listed per interest
+PURITY_DRAWS = 20  # permutation baseline draws
+CLUSTERS = 20  # co-occurrence clusters (ml-100k has 19 genres)
+CLUSTER_DIM = 32  # singular vectors used for the clustering
+
+
+# ----------------------------------------------------------------------------- loading
+def _item_header(config):
+    """Field names of the dataset's .item atomic file (empty when there is none)."""
+    path = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding=config["encoding"] or "utf-8") as f:
+        return [column.split(":")[0] for column in f.readline().rstrip("\n").split(config["field_separator"])]
+
+
+def _pick(header, wanted, candidates):
+    if wanted is not None:
+        if wanted not in header:
+            raise UserError(f"the dataset's .item file has no field '{wanted}': use one of {', '.join(header) or 'none'}")
+        return wanted
+    return next((field for field in candidates if field in header), None)
+
+
+def load_checkpoint(path, config_dict=None, title_field=None, genre_field=None):
+    """A trained MIND, rebuilt from the checkpoint at ``path`` and its own config.
+
+    The dataset is rebuilt from the checkpoint's config with the title and genre fields added to
+    ``load_col`` (auto-detected from TITLE_FIELDS / GENRE_FIELDS unless named). Loading them
+    cannot move item ids silently: ids follow the order of first appearance in the .inter file,
+    so the id map only changes when the .item file adds or removes items, and then the item
+    table no longer fits the checkpoint and loading fails loudly.
+    """
+    if not path or not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist: give a file saved by training, e.g. saved/MIND-....pth")
+    # A RecBole checkpoint pickles its whole Config, so it needs weights_only=False; this loads
+    # only the file the user named, as RecBole's own Trainer.resume_checkpoint does.
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}): give a .pth saved by training") from None
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a RecBole checkpoint: give a .pth saved by training")
+    saved_config = checkpoint["config"]
+    if saved_config["model"] != "MIND":
+        raise UserError(f"{path} holds a {saved_config['model']} model: --explain needs a MIND checkpoint")
+
+    values = {k: v for k, v in saved_config.external_config_dict.items() if k not in ("model", "dataset")}
+    values.update(config_dict or {})
+    config = quick_start.build_config("MIND", saved_config["dataset"], config_dict=values)
+    header = _item_header(config)
+    title_field = _pick(header, title_field, TITLE_FIELDS)
+    genre_field = _pick(header, genre_field, GENRE_FIELDS)
+    label_fields = [f for f in (title_field, genre_field) if f]
+    if label_fields:
+        load_col = dict(config["load_col"] or {})
+        columns = list(load_col.get("item") or [config["ITEM_ID_FIELD"]])
+        load_col["item"] = columns + [f for f in label_fields if f not in columns]
+        config["load_col"] = load_col
+    from recbole.utils import init_seed  # after quick_start applied the stack fixes
+
+    init_seed(config["seed"], config["reproducibility"])
+    dataset, train_data, _, test_data = quick_start.prepare_data(config)
+    model = MIND(config, train_data._dataset)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        raise UserError(
+            f"{path} does not fit the rebuilt dataset ({str(e).splitlines()[-1].strip()}): "
+            f"train and explain with the same data"
+        ) from None
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.eval()
+    return Explainer(model, dataset, test_data, title_field, genre_field, config=config)
+
+
+# ----------------------------------------------------------------------------- the explainer
+class Explainer:
+    """A trained MIND with its dataset; every statistic uses each user's test row.
+
+    Args:
+        model: a MIND in eval mode (routing is deterministic there).
+        dataset: the full RecBole dataset (item features, interactions for co-occurrence).
+        test_data: RecBole's test dataloader (one row per user: history, length, test item).
+        title_field, genre_field: .item fields for labels, or None.
+        config: the RecBole config the dataset was built with (kept for callers).
+    """
+
+    def __init__(self, model, dataset, test_data, title_field=None, genre_field=None, config=None):
+        self.model = model.eval()
+        self.config = config
+        self.dataset = dataset
+        self.title_field = title_field
+        self.genre_field = genre_field
+        self.uid_field = dataset.uid_field
+        self.rows = self._test_rows(test_data)
+        self._routed = None
+
+    def with_model(self, model):
+        """The same data explained with another MIND built for it (e.g. an untrained one)."""
+        other = Explainer.__new__(Explainer)
+        other.__dict__.update(self.__dict__, model=model.eval(), _routed=None)
+        return other
+
+    def _test_rows(self, test_data):
+        m = self.model
+        fields = (self.uid_field, m.ITEM_SEQ, m.ITEM_SEQ_LEN, m.POS_ITEM_ID)
+        parts = {f: [] for f in fields}
+        for batch in test_data:
+            for f in fields:
+                parts[f].append(batch[0][f])
+        return {f: torch.cat(parts[f]) for f in fields}
+
+    # ------------------------------------------------------------------ routing
+    @torch.no_grad()
+    def route(self, index=None, batch_size=4096):
+        """Routing outputs for the test rows ``index`` (all when None).
+
+        Returns a dict of tensors: user, items [B, L], length [B], target [B], interests
+        [B, K, d], capsules [B, K, d] (routing output before the tower H), mask [B, K] and
+        weights [B, L, K].
+        """
+        if index is None and self._routed is not None:
+            return self._routed
+        m = self.model
+        rows = {f: v if index is None else v[index] for f, v in self.rows.items()}
+        out = {k: [] for k in ("interests", "capsules", "mask", "weights")}
+        for start in range(0, len(rows[m.ITEM_SEQ]), batch_size):
+            seq = rows[m.ITEM_SEQ][start:start + batch_size]
+            length = rows[m.ITEM_SEQ_LEN][start:start + batch_size]
+            user = rows[self.uid_field][start:start + batch_size]
+            interests, mask, weights = m.forward(seq, length, user, return_weights=True)
+            capsules, _ = m.routing(m.item_vectors(seq), seq > 0, mask)
+            for k, v in zip(out, (interests, capsules, mask, weights)):
+                out[k].append(v)
+        routed = {k: torch.cat(v) for k, v in out.items()}
+        routed.update(user=rows[self.uid_field], items=rows[m.ITEM_SEQ],
+                      length=rows[m.ITEM_SEQ_LEN], target=rows[m.POS_ITEM_ID])
+        if index is None:
+            self._routed = routed
+        return routed
+
+    def assignment(self, routed):
+        """[B, L] index of each behaviour's argmax-weight interest (inactive interests weigh 0)."""
+        return routed["weights"].argmax(dim=-1)
+
+    # ------------------------------------------------------------------ labels
+    def item_names(self, items):
+        """Display names 'title [genre|genre]' (the item token where there is no title)."""
+        names = []
+        for item in items.tolist():
+            title = self._tokens(self.title_field, item, " ") or str(self.dataset.id2token(self.dataset.iid_field, item))
+            genres = self._tokens(self.genre_field, item, "|")
+            names.append(f"{title} [{genres}]" if genres else title)
+        return names
+
+    def _tokens(self, field, item, sep):
+        if field is None:
+            return ""
+        value = self.dataset.get_item_feature()[field][item]
+        ids = value.reshape(-1).tolist()
+        tokens = self.dataset.field2id_token[field]
+        return sep.join(str(tokens[i]) for i in ids if i > 0)
+
+    def genre_labels(self):
+        """[n_items, n_genres] genre shares, or None without a genre field.
+
+        A movie with g genres gives 1/g of itself to each (fractional counting), so every
+        behaviour weighs 1 whatever its genre count; an item without genres weighs 0.
+        """
+        if self.genre_field is None:
+            return None
+        return token_labels(self.dataset.get_item_feature()[self.genre_field],
+                            len(self.dataset.field2id_token[self.genre_field]))
+
+    def cooccurrence_labels(self, clusters=CLUSTERS, dim=CLUSTER_DIM, seed=0):
+        """[n_items, clusters] one-hot co-occurrence cluster of every item (0 rows: no data)."""
+        inter = self.dataset.inter_feat
+        cluster = cooccurrence_clusters(inter[self.uid_field].numpy(), inter[self.dataset.iid_field].numpy(),
+                                        self.dataset.user_num, self.dataset.item_num, clusters, dim, seed)
+        labels = torch.zeros(self.dataset.item_num, clusters)
+        known = cluster >= 0
+        labels[torch.from_numpy(np.nonzero(known)[0]), torch.from_numpy(cluster[known])] = 1.0
+        return labels
+
+    # ------------------------------------------------------------------ one user
+    def user_index(self, tokens):
+        """Row indices of the external user ids ``tokens``; UserError names unknown ones."""
+        tokens = [str(t).strip() for t in tokens]
+        known = self.dataset.field2token_id[self.uid_field]
+        unknown = [t for t in tokens if t not in known]
+        if unknown:
+            raise UserError(f"unknown user id(s) {', '.join(unknown)}: give RecBole external user ids from the .inter file")
+        position = torch.full((self.dataset.user_num,), -1, dtype=torch.long)
+        position[self.rows[self.uid_field]] = torch.arange(len(self.rows[self.uid_field]))
+        index = position[torch.tensor([known[t] for t in tokens], dtype=torch.long)]
+        missing = [t for t, i in zip(tokens, index.tolist()) if i < 0]
+        if missing:
+            raise UserError(f"user id(s) {', '.join(missing)} have no test row: pick users with a test interaction")
+        return index
+
+    @torch.no_grad()
+    def explain_user(self, token, top=TOP_ITEMS):
+        """Routing weights and per-interest top items of one user (external id ``token``).
+
+        Returns a dict: user, behaviours (names, oldest first), weights [n, K'] (numpy), target
+        (name), winner (the interest that scores the test item best), top (per active
+        interest, a list of (name, score)); the user's own behaviours are not retrieved.
+        """
+        routed = self.route(self.user_index([token]))
+        n = int(routed["length"][0])
+        active = int(routed["mask"][0].sum())
+        items = routed["items"][0, :n]
+        item_emb = self.model.item_vectors()
+        scores = routed["interests"][0, :active] @ item_emb.t()  # [K', n_items]
+        scores[:, 0] = float("-inf")
+        scores[:, items] = float("-inf")
+        best = scores.topk(top, dim=-1)
+        target_scores = routed["interests"][0, :active] @ item_emb[routed["target"][0]]
+        return {
+            "user": str(token),
+            "behaviours": self.item_names(items),
+            "weights": routed["weights"][0, :n, :active].numpy(),
+            "target": self.item_names(routed["target"][:1])[0],
+            "winner": int(target_scores.argmax()),
+            "top": [list(zip(self.item_names(best.indices[j]), best.values[j].tolist())) for j in range(active)],
+        }
+
+    # ------------------------------------------------------------------ all users
+    @torch.no_grad()
+    def capsule_health(self):
+        """Vectorised statistics over all users' test rows; see :func:`capsule_health`."""
+        routed = self.route()
+        return capsule_health(routed, self.model.item_vectors(routed["target"]),
+                              self.model.routing.eval_logits)
+
+    @torch.no_grad()
+    def purity(self, labels, draws=PURITY_DRAWS, seed=0):
+        """:func:`routing_purity` of the argmax routing over users with >= 2 active interests."""
+        routed = self.route()
+        multi = routed["mask"].sum(dim=1) >= 2
+        if not bool(multi.any()):
+            return None  # one interest: every assignment is the same, purity equals its baseline
+        return routing_purity(routed["items"][multi], self.assignment(routed)[multi], labels,
+                              routed["mask"].size(1), draws=draws, seed=seed)
+
+
+# ----------------------------------------------------------------------------- statistics
+def token_labels(values, n_tokens):
+    """[n_items, n_tokens - 1] fractional label matrix from a token or token_seq column.
+
+    Token 0 (padding) is dropped; each row sums to 1 over its tokens, or 0 if it has none.
+    """
+    values = values.long()
+    if values.dim() == 1:
+        values = values.unsqueeze(-1)
+    counts = torch.zeros(values.size(0), n_tokens).scatter_add_(1, values, torch.ones(values.shape))[:, 1:]
+    return counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def cooccurrence_clusters(users, items, n_users, n_items, clusters=CLUSTERS, dim=CLUSTER_DIM, seed=0):
+    """Cluster of every item from the user-item matrix alone ([n_items], -1 for unseen items).
+
+    Spectral co-clustering: SVD of D_u^-1/2 X D_i^-1/2 (X binary users x items), drop the first
+    (degree) singular vector, normalise the item rows, k-means. Cheap: one sparse svds.
+    """
+    import scipy.sparse as sp
+    from scipy.cluster.vq import kmeans2
+    from scipy.sparse.linalg import svds
+
+    x = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
+    x.data[:] = 1.0  # repeated interactions count once
+    du = np.asarray(x.sum(axis=1)).ravel()
+    di = np.asarray(x.sum(axis=0)).ravel()
+    scaled = sp.diags(1 / np.sqrt(np.maximum(du, 1))) @ x @ sp.diags(1 / np.sqrt(np.maximum(di, 1)))
+    k = min(dim + 1, min(scaled.shape) - 1)
+    _, s, vt = svds(scaled, k=k, random_state=seed)
+    order = np.argsort(-s)[1:]  # the top vector is sqrt(degree): it carries no cluster
+    vectors = vt[order].T * s[order]
+    seen = di > 0
+    vectors = vectors[seen] / np.maximum(np.linalg.norm(vectors[seen], axis=1, keepdims=True), 1e-12)
+    _, label = kmeans2(vectors, clusters, minit="++", seed=seed)
+    cluster = np.full(n_items, -1)
+    cluster[np.nonzero(seen)[0]] = label
+    return cluster
+
+
+def routing_purity(items, assignment, labels, interest_num, draws=PURITY_DRAWS, seed=0):
+    """Label purity of the behaviours routed to each interest, against a permutation baseline.
+
+    Args:
+        items: [B, L] right-padded behaviour item ids (0 is padding).
+        assignment: [B, L] interest of each behaviour (its argmax routing weight).
+        labels: [n_items, G] label shares per item (rows sum to 1, or 0 for unlabelled items).
+        interest_num: K.
+        draws: permutation baseline draws; each shuffles the assignment among one user's own
+            behaviours, which keeps every interest's group size.
+
+    Returns:
+        dict: ``purity`` (label mass of each (user, interest) group's majority label over all
+        label mass, i.e. the group-size-weighted mean purity), ``baseline`` (its mean over the
+        draws), ``baseline_std``, ``lift`` ((purity - baseline) / (1 - baseline)), ``groups``.
+    """
+    seq_mask = items > 0
+    if not bool((seq_mask == (seq_mask.cumsum(dim=1) == torch.arange(1, items.size(1) + 1))).all()):
+        raise ValueError("routing_purity needs right-padded sequences")
+    label_rows = labels[items] * seq_mask.unsqueeze(-1)  # [B, L, G]
+
+    def purity(assign):
+        groups = F.one_hot(assign, interest_num).float() * seq_mask.unsqueeze(-1)  # [B, L, K]
+        mass = torch.einsum("blk,blg->bkg", groups, label_rows)
+        return float(mass.amax(dim=-1).sum() / mass.sum().clamp(min=1e-12))
+
+    generator = torch.Generator().manual_seed(seed)
+    baseline = []
+    for _ in range(draws):  # a loop over draws; each draw is vectorised over users
+        keys = torch.rand(items.shape, generator=generator).masked_fill(~seq_mask, 2.0)
+        shuffled = assignment.gather(1, keys.argsort(dim=1))  # real positions come first
+        baseline.append(purity(torch.where(seq_mask, shuffled, 0)))
+    observed = purity(torch.where(seq_mask, assignment, 0))
+    base = float(np.mean(baseline))
+    groups = F.one_hot(torch.where(seq_mask, assignment, 0), interest_num).mul(seq_mask.unsqueeze(-1)).sum(1) > 0
+    return {"purity": observed, "baseline": base, "baseline_std": float(np.std(baseline)),
+            "lift": (observed - base) / max(1.0 - base, 1e-12), "groups": int(groups.sum()),
+            "users": int(items.size(0)), "draws": draws}
+
+
+def capsule_health(routed, target_emb, initial_logits=None):
+    """Capsule statistics over users, all vectorised.
+
+    Returns numpy arrays: ``active`` [B] (K'_u), ``cosine`` / ``capsule_cosine`` [B] (mean
+    pairwise cosine between one user's active interests / routing capsules; NaN when K'_u = 1),
+    ``norms`` [B, K] (NaN for inactive interests), ``winner`` [B] (interest scoring the test
+    item best), ``max_weight`` [n behaviours] (each behaviour's largest routing weight), and
+    with ``initial_logits`` [L, K] (the fixed evaluation draw) ``follows_init`` [n behaviours]:
+    whether a behaviour's argmax interest is the argmax of its position's initial logit, i.e.
+    whether routing only follows its random start (1/K'_u of behaviours by chance).
+    """
+    mask = routed["mask"]
+    pair = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)  # [B, K, K], i < j
+
+    def mean_cosine(vectors):
+        unit = F.normalize(vectors, dim=-1)
+        gram = unit @ unit.transpose(1, 2)
+        count = pair.sum(dim=(1, 2))
+        return torch.where(count > 0, (gram * pair).sum(dim=(1, 2)) / count.clamp(min=1), float("nan"))
+
+    scores = torch.einsum("bkd,bd->bk", routed["interests"], target_emb).masked_fill(~mask, float("-inf"))
+    seq_mask = routed["items"] > 0
+    health = {
+        "active": mask.sum(dim=1).numpy(),
+        "cosine": mean_cosine(routed["interests"]).numpy(),
+        "capsule_cosine": mean_cosine(routed["capsules"]).numpy(),
+        "norms": routed["interests"].norm(dim=-1).masked_fill(~mask, float("nan")).numpy(),
+        "winner": scores.argmax(dim=1).numpy(),
+        "max_weight": routed["weights"].amax(dim=-1)[seq_mask].numpy(),
+    }
+    if initial_logits is not None:
+        start = initial_logits[:seq_mask.size(1)].unsqueeze(0).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        follows = routed["weights"].argmax(dim=-1) == start.argmax(dim=-1)  # [B, L]
+        health["follows_init"] = follows[seq_mask].numpy()
+        health["follows_init_chance"] = (1.0 / mask.sum(dim=1, keepdim=True).float()).expand_as(follows)[seq_mask].numpy()
+    return health
+
+
+def health_summary(health):
+    """Plain numbers from :func:`capsule_health` (for the console and summary.json)."""
+    active, winner = health["active"], health["winner"]
+    k = health["norms"].shape[1]
+    multi = active >= 2
+    return {
+        "users": int(len(active)),
+        "active_counts": {int(j): int((active == j).sum()) for j in range(1, k + 1)},
+        "mean_cosine": float(np.nanmean(health["cosine"])) if multi.any() else None,
+        "mean_capsule_cosine": float(np.nanmean(health["capsule_cosine"])) if multi.any() else None,
+        "share_cosine_above_0.9": float((health["cosine"][multi] > 0.9).mean()) if multi.any() else None,
+        "mean_norm_by_interest": [float(np.nanmean(health["norms"][:, j])) if (active > j).any() else None
+                                  for j in range(k)],
+        "winner_share": [float((winner == j).mean()) for j in range(k)],
+        "winner_share_if_uniform": [float(((active > j) / active).mean()) for j in range(k)],
+        "mean_max_weight": float(health["max_weight"].mean()),
+        "follows_init": float(health["follows_init"].mean()) if "follows_init" in health else None,
+        "follows_init_chance": float(health["follows_init_chance"].mean()) if "follows_init" in health else None,
+    }
+
+
+# ----------------------------------------------------------------------------- pictures
+def plot_user(explained, path):
+    """Heat map of one user's routing weights plus the top items of every interest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = explained["weights"]
+    n, active = weights.shape
+    labels = [textwrap.shorten(name, 60) for name in explained["behaviours"]]
+    fig = plt.figure(figsize=(13, max(4.0, 0.24 * n + 2.0)))
+    heat = fig.add_axes([0.30, 0.06, 0.22, 0.86])
+    image = heat.imshow(weights, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    heat.set_yticks(range(n), labels, fontsize=7)
+    heat.set_xticks(range(active), [f"interest {j}" for j in range(active)], fontsize=8, rotation=30)
+    heat.set_ylabel("behaviours, oldest first")
+    heat.set_title(f"user {explained['user']}: routing weights", fontsize=10)
+    for i in range(n):
+        for j in range(active):
+            heat.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
+                      color="white" if weights[i, j] < 0.6 else "black")
+    fig.colorbar(image, ax=heat, fraction=0.08, pad=0.02)
+    text = fig.add_axes([0.58, 0.06, 0.41, 0.86])
+    text.axis("off")
+    lines = [f"test item: {textwrap.shorten(explained['target'], 55)}",
+             f"  best scored by interest {explained['winner']}", ""]
+    for j, top in enumerate(explained["top"]):
+        lines.append(f"interest {j} retrieves:")
+        lines += [f"  {score:6.2f}  {textwrap.shorten(name, 55)}" for name, score in top]
+        lines.append("")
+    text.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7.5)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_health(health, purities, path, title=""):
+    """Capsule health over users (six panels) and the purity bars, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    active, k = health["active"], health["norms"].shape[1]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    ax = axes[0, 0]
+    ax.bar(range(1, k + 1), [(active == j).sum() for j in range(1, k + 1)], color="tab:blue")
+    ax.set(title="active interests K'_u", xlabel="K'_u", ylabel="users", xticks=range(1, k + 1))
+    ax = axes[0, 1]
+    multi = active >= 2
+    if multi.any():
+        bins = np.linspace(-1, 1, 41)
+        ax.hist(health["cosine"][multi], bins=bins, alpha=0.7, label="interests v (after H)")
+        ax.hist(health["capsule_cosine"][multi], bins=bins, alpha=0.7, label="capsules u (routing)")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "one interest per user:\nno pairs", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="mean pairwise cosine per user (1 = collapse)", xlabel="cosine", ylabel="users")
+    ax = axes[0, 2]
+    norms = [health["norms"][:, j][~np.isnan(health["norms"][:, j])] for j in range(k)]
+    ax.boxplot([v if len(v) else [np.nan] for v in norms], showfliers=False)
+    ax.set_xticks(range(1, k + 1), [str(j) for j in range(k)])
+    ax.set(title="interest norms |v_u^j|", xlabel="interest index j", ylabel="norm")
+    ax = axes[1, 0]
+    summary = health_summary(health)
+    x = np.arange(k)
+    ax.bar(x - 0.2, summary["winner_share"], width=0.4, label="observed")
+    ax.bar(x + 0.2, summary["winner_share_if_uniform"], width=0.4, label="if every active one were equal")
+    ax.set(title="which interest scores the test item best", xlabel="interest index j",
+           ylabel="share of users", xticks=x)
+    ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    ax.hist(health["max_weight"], bins=np.linspace(0, 1, 41), color="tab:green")
+    ax.set(title="largest routing weight of each behaviour", xlabel="max_j w_ij", ylabel="behaviours")
+    if summary["follows_init"] is not None:
+        ax.text(0.02, 0.97, f"argmax = argmax of the fixed initial logits:\n{summary['follows_init']:.1%} of "
+                f"behaviours (chance {summary['follows_init_chance']:.1%})", transform=ax.transAxes,
+                va="top", fontsize=8)
+    ax = axes[1, 2]
+    names = [name for name, result in purities.items() if result is not None]
+    if names:
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [purities[n]["purity"] for n in names], width=0.4, label="argmax routing")
+        ax.bar(x + 0.2, [purities[n]["baseline"] for n in names], width=0.4,
+               yerr=[purities[n]["baseline_std"] for n in names], label="random, same group sizes")
+        ax.set_xticks(x, names)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "one interest per user:\npurity = baseline", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set(title="label purity of each interest's behaviours", ylabel="purity")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(parser):
+    group = parser.add_argument_group("explain (--explain)")
+    group.add_argument("--explain", action="store_true",
+                       help="explain a trained MIND: routing heat maps, capsule health, interest purity")
+    for flags, kwargs in ((("--checkpoint",), {"help": "a MIND checkpoint saved by training (saved/MIND-....pth)"}),
+                          (("--users",), {"help": "comma-separated external user ids to draw (explain)"}),
+                          (("--output_dir",), {"help": "folder for the pictures and summary.json "
+                                                       "(explain default: next to the checkpoint)"})):
+        try:
+            group.add_argument(*flags, default=None, **kwargs)
+        except Exception:  # noqa: BLE001 - argparse.ArgumentError: another mode shares the flag
+            pass
+
+
+def selected(args):
+    return bool(getattr(args, "explain", False))
+
+
+def main(args, overrides):
+    if not args.checkpoint:
+        raise UserError("--explain needs --checkpoint PATH of a trained MIND (saved/MIND-....pth)")
+    if "dataset" in overrides or "model" in overrides:
+        raise UserError("--explain takes the model and dataset from the checkpoint: drop --dataset/--model")
+    users = [u for u in (args.users or "").split(",") if u.strip()]
+    output_dir = args.output_dir or os.path.splitext(args.checkpoint)[0] + "-explain"
+    explainer = load_checkpoint(args.checkpoint, config_dict=overrides)
+    if args.dataset and args.dataset != explainer.dataset.dataset_name:
+        raise UserError(f"the checkpoint was trained on {explainer.dataset.dataset_name}, not {args.dataset}: "
+                        f"drop --dataset")
+    if users:
+        explainer.user_index(users)  # fail on a bad id before any work
+    os.makedirs(output_dir, exist_ok=True)
+    report = explain_all(explainer, output_dir, users)
+    print(format_report(report))
+    return report
+
+
+def explain_all(explainer, output_dir, users=()):
+    """Every picture and number for ``explainer`` into ``output_dir``; returns the summary dict."""
+    written = []
+    for token in users:
+        path = os.path.join(output_dir, f"user_{token}.png")
+        plot_user(explainer.explain_user(token), path)
+        written.append(path)
+    health = explainer.capsule_health()
+    purities = {}
+    genres = explainer.genre_labels()
+    if genres is not None:
+        purities["genre"] = explainer.purity(genres)
+    purities["co-occurrence cluster"] = explainer.purity(explainer.cooccurrence_labels())
+    m = explainer.model
+    title = (f"MIND on {explainer.dataset.dataset_name}: K={m.interest_num}, "
+             f"dynamic_interest={m.dynamic_interest}, routing softmax over {m.routing.softmax_axis}")
+    path = os.path.join(output_dir, "capsule_health.png")
+    plot_health(health, purities, path, title)
+    written.append(path)
+    report = {"title": title, "health": health_summary(health), "purity": purities, "files": written}
+    with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def format_report(report):
+    h = report["health"]
+
+    def num(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [report["title"],
+             f"users: {h['users']}  K'_u counts: {h['active_counts']}",
+             f"mean pairwise cosine of interests: {num(h['mean_cosine'])} (capsules {num(h['mean_capsule_cosine'])}),"
+             f" share of users above 0.9: {num(h['share_cosine_above_0.9'])}",
+             "mean norm by interest: " + ", ".join(num(v) for v in h["mean_norm_by_interest"]),
+             "test item best scored by interest: " + ", ".join(f"{v:.3f}" for v in h["winner_share"])
+             + "  (uniform: " + ", ".join(f"{v:.3f}" for v in h["winner_share_if_uniform"]) + ")",
+             f"mean largest routing weight per behaviour: {h['mean_max_weight']:.3f}",
+             f"behaviours routed as their fixed initial logits say: {num(h['follows_init'])}"
+             f" (chance {num(h['follows_init_chance'])})"]
+    for name, p in report["purity"].items():
+        lines.append(f"{name} purity: n/a (one interest per user)" if p is None else
+                     f"{name} purity: {p['purity']:.3f} vs random {p['baseline']:.3f} +- {p['baseline_std']:.3f}"
+                     f" (lift {p['lift']:.3f}, {p['users']} users, {p['groups']} groups)")
+    lines += [f"wrote {path}" for path in report["files"]]
+    return "\n".join(lines)
