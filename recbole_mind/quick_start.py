@@ -96,11 +96,20 @@ def _load_configured_features(config):
     config["load_col"] = load_col
 
 
-def prepare_data(config):
-    """Download the dataset if needed, then RecBole's create_dataset and data_preparation."""
+def check_data(config):
+    """Download the dataset if needed and check its atomic files (UserError if unusable)."""
     ensure_dataset(config["dataset"], config["data_path"], url=config["dataset_url"],
                    timeout=config["download_timeout"] or 30, show_progress=bool(config["show_progress"]))
     check_dataset_files(config)
+
+
+def prepare_data(config):
+    """check_data, then RecBole's create_dataset and data_preparation."""
+    check_data(config)
+    return _load_data(config)
+
+
+def _load_data(config):
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
@@ -119,19 +128,21 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         ``train_s_per_epoch``, ``eval_s`` (one full evaluation of the test set), ``saved_model_file``.
     """
     config = build_config(model, dataset, config_files, config_dict)
+    check_data(config)  # before RecBole's logging starts, so bad data is one line
+    resume_checkpoint = load_checkpoint(resume_from) if resume_from else None
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(config)
 
-    _, train_data, valid_data, test_data = prepare_data(config)
+    _, train_data, valid_data, test_data = _load_data(config)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_class = resolve_model(model)
     net = model_class(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     if resume_from:
-        check_matches(load_checkpoint(resume_from), resume_from, config["model"], net.n_items)
+        check_matches(resume_checkpoint, resume_from, config["model"], net.n_items)
         trainer.resume_checkpoint(resume_from)
         logger.info(f"resumed from {resume_from} at epoch {trainer.start_epoch}")
 
