@@ -266,8 +266,10 @@ class Explainer:
     def capsule_health(self):
         """Vectorised statistics over all users' test rows; see :func:`capsule_health`."""
         routed = self.route()
-        return capsule_health(routed, self.model.item_vectors(routed["target"]),
-                              self.model.routing.eval_logits)
+        health = capsule_health(routed, self.model.item_vectors(routed["target"]),
+                                self.model.routing.eval_logits)
+        health["top_overlap"] = top_item_overlap(routed, self.model.item_vectors()).numpy()
+        return health
 
     @torch.no_grad()
     def purity(self, labels, draws=PURITY_DRAWS, seed=0):
@@ -398,6 +400,28 @@ def capsule_health(routed, target_emb, initial_logits=None):
     return health
 
 
+def top_item_overlap(routed, item_emb, top=10, batch_size=1024):
+    """[B] mean share of top-``top`` items that two active interests of a user both retrieve.
+
+    Padding and the user's own behaviours are never retrieved; NaN when K'_u = 1. 1 means the
+    interests retrieve the same items: collapse as the user sees it.
+    """
+    out = []
+    for start in range(0, len(routed["items"]), batch_size):  # chunks bound the [b, K, n_items] scores
+        interests = routed["interests"][start:start + batch_size]
+        mask = routed["mask"][start:start + batch_size]
+        scores = torch.einsum("bkd,nd->bkn", interests, item_emb)
+        seen = torch.zeros(scores.size(0), scores.size(2), dtype=torch.bool)
+        seen.scatter_(1, routed["items"][start:start + batch_size], True)
+        seen[:, 0] = True
+        best = scores.masked_fill(seen.unsqueeze(1), float("-inf")).topk(top, dim=-1).indices  # [b, K, top]
+        shared = (best.unsqueeze(2).unsqueeze(-1) == best.unsqueeze(1).unsqueeze(-2)).any(-1).sum(-1) / top
+        pair = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)
+        count = pair.sum(dim=(1, 2))
+        out.append(torch.where(count > 0, (shared * pair).sum(dim=(1, 2)) / count.clamp(min=1), float("nan")))
+    return torch.cat(out)
+
+
 def health_summary(health):
     """Plain numbers from :func:`capsule_health` (for the console and summary.json)."""
     active, winner = health["active"], health["winner"]
@@ -409,6 +433,8 @@ def health_summary(health):
         "mean_cosine": float(np.nanmean(health["cosine"])) if multi.any() else None,
         "mean_capsule_cosine": float(np.nanmean(health["capsule_cosine"])) if multi.any() else None,
         "share_cosine_above_0.9": float((health["cosine"][multi] > 0.9).mean()) if multi.any() else None,
+        "mean_top10_overlap": float(np.nanmean(health["top_overlap"])) if multi.any() and "top_overlap" in health
+        else None,
         "mean_norm_by_interest": [float(np.nanmean(health["norms"][:, j])) if (active > j).any() else None
                                   for j in range(k)],
         "winner_share": [float((winner == j).mean()) for j in range(k)],
@@ -463,7 +489,7 @@ def plot_health(health, purities, path, title=""):
     import matplotlib.pyplot as plt
 
     active, k = health["active"], health["norms"].shape[1]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5))
     ax = axes[0, 0]
     ax.bar(range(1, k + 1), [(active == j).sum() for j in range(1, k + 1)], color="tab:blue")
     ax.set(title="active interests K'_u", xlabel="K'_u", ylabel="users", xticks=range(1, k + 1))
@@ -493,10 +519,18 @@ def plot_health(health, purities, path, title=""):
     ax = axes[1, 1]
     ax.hist(health["max_weight"], bins=np.linspace(0, 1, 41), color="tab:green")
     ax.set(title="largest routing weight of each behaviour", xlabel="max_j w_ij", ylabel="behaviours")
+    ax = axes[0, 3]
+    if multi.any() and "top_overlap" in health:
+        ax.hist(health["top_overlap"][multi], bins=np.linspace(0, 1, 21), color="tab:purple")
+    else:
+        ax.text(0.5, 0.5, "one interest per user:\nno pairs", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="top-10 items two interests share (1 = collapse)", xlabel="shared share", ylabel="users")
+    ax = axes[1, 3]
     if summary["follows_init"] is not None:
-        ax.text(0.02, 0.97, f"argmax = argmax of the fixed initial logits:\n{summary['follows_init']:.1%} of "
-                f"behaviours (chance {summary['follows_init_chance']:.1%})", transform=ax.transAxes,
-                va="top", fontsize=8)
+        ax.bar([0, 1], [summary["follows_init"], summary["follows_init_chance"]], color=["tab:red", "tab:gray"])
+        ax.set_xticks([0, 1], ["observed", "chance (1/K'_u)"])
+        ax.set_ylim(0, 1)
+    ax.set(title="behaviours routed where the fixed\nrandom start logits point", ylabel="share of behaviours")
     ax = axes[1, 2]
     names = [name for name, result in purities.items() if result is not None]
     if names:
@@ -590,6 +624,7 @@ def format_report(report):
              f"users: {h['users']}  K'_u counts: {h['active_counts']}",
              f"mean pairwise cosine of interests: {num(h['mean_cosine'])} (capsules {num(h['mean_capsule_cosine'])}),"
              f" share of users above 0.9: {num(h['share_cosine_above_0.9'])}",
+             f"top-10 items shared by two interests of a user: {num(h['mean_top10_overlap'])}",
              "mean norm by interest: " + ", ".join(num(v) for v in h["mean_norm_by_interest"]),
              "test item best scored by interest: " + ", ".join(f"{v:.3f}" for v in h["winner_share"])
              + "  (uniform: " + ", ".join(f"{v:.3f}" for v in h["winner_share_if_uniform"]) + ")",

@@ -106,6 +106,10 @@ def test_planted_groups_route_to_their_own_interest(trained):
     control = fresh.purity(genres, draws=10)
     assert control["lift"] < 0.15, control
     assert _group_split(fresh) < 0.4
+    # Trained routing follows the behaviours' content, the untrained one its random start logits.
+    follows = explain.health_summary(explainer.capsule_health())["follows_init"]
+    follows_fresh = explain.health_summary(fresh.capsule_health())["follows_init"]
+    assert follows < follows_fresh - 0.1, (follows, follows_fresh)
 
 
 def test_default_routing_beats_random_on_planted_groups(tmp_path_factory):
@@ -161,6 +165,9 @@ def test_health_and_user_explanation_agree_with_the_model(trained):
     assert explained["weights"].shape == (n, 2) and len(explained["behaviours"]) == n
     assert np.allclose(explained["weights"].sum(axis=1), 1.0, atol=1e-5)  # softmax over interests
     assert np.allclose(explained["weights"], routed["weights"][3, :n].numpy())
+    # top_item_overlap agrees with the two interests' top-10 lists.
+    top10 = [{name for name, _ in top} for top in explainer.explain_user(token, top=10)["top"]]
+    assert health["top_overlap"][3] == pytest.approx(len(top10[0] & top10[1]) / 10)
     seen = set(explained["behaviours"])
     assert all(name not in seen for top in explained["top"] for name, _ in top)
     assert explained["behaviours"][0].endswith("]")  # 'item [genre]'
