@@ -16,7 +16,9 @@ from recbole_mind.errors import UserError
 #   add_arguments(parser)            -> adds its flags
 #   selected(args) -> bool           -> whether the parsed flags ask for this mode
 #   main(args, overrides) -> None    -> runs it (raises UserError on bad input)
-MODE_MODULES = []
+MODE_MODULES = [
+    "recbole_mind.retrieval",  # first: it hands a bare --topk=... back to the other modes as an override
+]
 
 
 def parse_args(argv):
