@@ -116,11 +116,13 @@ def _load_data(config):
 
 
 def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None, saved=True,
-        resume_from=None):
+        resume_from=None, trainer_hook=None):
     """Train and evaluate one model; returns RecBole's result dict plus timing.
 
     ``resume_from`` names a checkpoint of an interrupted run to continue with RecBole's own
     ``Trainer.resume_checkpoint`` (model, optimiser, epoch and best score).
+    ``trainer_hook(trainer, train_data, epoch_seconds)``, if given, runs just before training
+    (it may restore state, and may return a ``callback_fn`` for ``Trainer.fit``).
 
     Returns:
         dict with RecBole's ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
@@ -147,12 +149,14 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         logger.info(f"resumed from {resume_from} at epoch {trainer.start_epoch}")
 
     epoch_seconds = []
+    callback_fn = trainer_hook(trainer, train_data, epoch_seconds) if trainer_hook else None
     _time_epochs(trainer, epoch_seconds)
     _save_checkpoints_atomically(trainer)
     _stop_on_non_finite_loss(trainer)
     try:
         best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"],
+            callback_fn=callback_fn,
         )
     except _NonFiniteLoss as e:
         kept = trainer.saved_model_file if saved and os.path.isfile(trainer.saved_model_file) else None
