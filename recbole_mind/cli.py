@@ -18,6 +18,7 @@ from recbole_mind.errors import UserError
 #   main(args, overrides) -> None    -> runs it (raises UserError on bad input)
 MODE_MODULES = [
     "recbole_mind.retrieval",  # first: it hands a bare --topk=... back to the other modes as an override
+    "recbole_mind.compare",
 ]
 
 

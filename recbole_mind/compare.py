@@ -1,0 +1,731 @@
+"""Side-by-side comparison of MIND and RecBole built-ins under one protocol.
+
+``python run_recbole_mind.py --compare MIND GRU4Rec SASRec SINE --dataset amazon-videogames
+--data_path=../shared/data`` trains every model on the same dataset, split (properties/run.yaml:
+leave-one-out in time order, full ranking), seed, embedding and hidden size, maximum sequence
+length, loss and epoch budget, picks each model's learning rate from one grid on validation,
+and writes ``results/<dataset>.md``, ``results/<dataset>.json`` and ``results/<dataset>.png``.
+
+Each (model, learning rate) run is its own process, so its peak RSS is its own, and its result is
+one JSON file under ``results/runs/<dataset>/``, written atomically; a later call trains only
+the runs whose file is missing (``--rerun`` trains them all again), so the comparison can be run
+in pieces, one model and learning rate at a time (``--compare SASRec --lr_grid 0.001
+--no_report``). A run too long for one sitting is cut at epochs: after every validation its
+whole training state is saved (:class:`RunState`), ``--time_budget HOURS`` stops it before an
+epoch that would end past the budget (exit status 75), and the same command continues it
+exactly where it stopped, with the same result as an uninterrupted run.
+"""
+
+import contextlib
+import json
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from logging import getLogger
+from pathlib import Path
+
+from recbole_mind.errors import UserError
+
+DEFAULT_LR_GRID = "0.001,0.003"
+DEFAULT_RESULTS_DIR = "results"
+# The model settings every compared model gets, whatever its own yaml says: GRU4Rec, SINE and
+# MIND size their embeddings with embedding_size, GRU4Rec and SASRec their hidden state with
+# hidden_size, so both are fixed. The split, metrics and epoch budget come from run.yaml.
+SHARED_SETTINGS = {
+    "embedding_size": 64,
+    "hidden_size": 64,
+    "MAX_ITEM_LIST_LENGTH": 50,
+    "loss_type": "CE",
+}
+# Config keys that define the protocol: a stored run is reused only if these match.
+PROTOCOL_KEYS = (
+    "seed", "reproducibility", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH",
+    "loss_type", "train_neg_sample_args", "epochs", "stopping_step", "eval_step", "valid_metric",
+    "metrics", "topk", "eval_args", "train_batch_size", "eval_batch_size", "device",
+)
+# Overrides that change where files go or how much is printed, not what is measured.
+NOT_PROTOCOL = {"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id"}
+METRIC_ORDER = ("recall", "ndcg", "mrr", "hit")
+METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "hit": "Hit"}
+PAUSED_EXIT = 75  # EX_TEMPFAIL: runs stopped at --time_budget; the same command continues them
+
+
+def add_arguments(parser):
+    group = parser.add_argument_group("comparison (--compare)")
+    group.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
+                       help="train and compare these models under one protocol, e.g. "
+                            "--compare MIND GRU4Rec SASRec SINE")
+    group.add_argument("--lr_grid", default=DEFAULT_LR_GRID,
+                       help="comma-separated learning rates tried for every model; the best on "
+                            f"validation is kept (default {DEFAULT_LR_GRID})")
+    group.add_argument("--rerun", action="store_true",
+                       help="train every run again even if its result file exists")
+    group.add_argument("--no_report", action="store_true",
+                       help="only train the missing runs (one piece of a comparison); write no report")
+    group.add_argument("--torch_threads", type=int, default=None,
+                       help="torch CPU threads per run (default: torch's own choice); on a machine "
+                            "shared with other jobs 1 avoids threads spinning against each other")
+    group.add_argument("--time_budget", type=float, default=None, metavar="HOURS",
+                       help="stop before an epoch that would end after HOURS and exit with status "
+                            "75; the same command continues from the last finished epoch")
+    group.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
+                       help=f"where the report and runs/<dataset>/ go (default {DEFAULT_RESULTS_DIR})")
+
+
+def selected(args):
+    return bool(getattr(args, "compare", None))
+
+
+def main(args, overrides):
+    """Train the missing runs, then write the report; returns the report dict (None with --no_report)."""
+    from recbole_mind.quick_start import DEFAULT_DATASET
+
+    models = _unique(args.compare)
+    lr_grid = parse_lr_grid(args.lr_grid)
+    for key in ("learning_rate", "model", "dataset"):
+        if key in overrides:
+            raise UserError(f"--{key}= cannot be given with --compare: use "
+                            + ("--lr_grid" if key == "learning_rate" else f"--{key} NAME"))
+    dataset = args.dataset or DEFAULT_DATASET
+    config_files = args.config_files.split() if args.config_files else None
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise UserError(f"--torch_threads must be 1 or more, got {args.torch_threads}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise UserError(f"--time_budget must be a positive number of hours, got {args.time_budget}")
+    deadline = time.time() + 3600 * args.time_budget if args.time_budget else None
+    config_dict = {**SHARED_SETTINGS, **overrides}
+    protocols = {model: protocol_of(model, dataset, config_files, config_dict, overrides)
+                 for model in models}
+    for protocol in protocols.values():
+        protocol["torch_threads"] = args.torch_threads  # timings are only comparable at one thread count
+    _check_same_protocol(protocols)
+
+    results_dir = Path(args.results_dir)
+    runs_dir = results_dir / "runs" / dataset
+    records, pending = run_all(models, lr_grid, dataset, config_files, config_dict, protocols,
+                               runs_dir, rerun=args.rerun, deadline=deadline)
+    if pending:
+        print(f"time budget spent: {len(pending)} run(s) not finished ({'; '.join(pending)}); run "
+              "the same command again to continue them from their last finished epoch")
+        raise SystemExit(PAUSED_EXIT)
+    if args.no_report:
+        return None
+    report = build_report(dataset, models, lr_grid, records, protocols[models[0]],
+                          command=command_line(models, dataset, args, overrides))
+    paths = write_report(report, results_dir)
+    print(format_table(report))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return report
+
+
+def parse_lr_grid(text):
+    """'0.001,0.003' -> [0.001, 0.003]; every value a positive float, none repeated."""
+    try:
+        grid = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--lr_grid {text!r} is not a comma-separated list of numbers, "
+                        "e.g. --lr_grid 0.001,0.003") from None
+    if not grid or any(not math.isfinite(v) or v <= 0 for v in grid):
+        raise UserError(f"--lr_grid {text!r} needs one or more positive learning rates, "
+                        "e.g. --lr_grid 0.001,0.003")
+    return _unique(grid)
+
+
+def _unique(values):
+    return list(dict.fromkeys(values))
+
+
+def protocol_of(model, dataset, config_files, config_dict, overrides):
+    """The protocol settings of ``model``'s run, as RecBole's Config resolves them."""
+    from recbole_mind.quick_start import build_config
+
+    config = build_config(model, dataset, config_files, config_dict)
+    keys = list(PROTOCOL_KEYS) + sorted(k for k in overrides if k not in NOT_PROTOCOL
+                                       and k not in PROTOCOL_KEYS)
+    protocol = {"dataset": dataset}
+    protocol.update({key: config[key] for key in keys})
+    return _plain(protocol)
+
+
+def _plain(value):
+    """JSON-safe copy (tuples become lists, devices strings), so stored and fresh values compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_same_protocol(protocols):
+    models = list(protocols)
+    first = protocols[models[0]]
+    for model in models[1:]:
+        for key in first:
+            if protocols[model].get(key) != first[key]:
+                raise UserError(f"{model} and {models[0]} would run with different {key} "
+                                f"({protocols[model].get(key)!r} vs {first[key]!r}): set it for "
+                                f"all models, e.g. --{key}=...")
+
+
+def run_file(runs_dir, model, lr):
+    return Path(runs_dir) / f"{model}_lr{lr:g}.json"
+
+
+def run_all(models, lr_grid, dataset, config_files, config_dict, protocols, runs_dir, rerun=False,
+            deadline=None):
+    """Every (model, learning rate) run's record, training in its own process each one not stored.
+
+    Returns (records, pending): pending names the runs left unfinished at the deadline.
+    """
+    from tqdm import tqdm
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo, records = [], {}
+    for model in models:
+        for lr in lr_grid:
+            path = run_file(runs_dir, model, lr)
+            if rerun:
+                RunState(path).remove()
+            stored = None if rerun else load_run(path, protocols[model])
+            if stored is None:
+                RunState(path).check(protocols[model])
+                todo.append((model, lr))
+            else:
+                records[model, lr] = stored
+
+    failures, pending = [], []
+    total = len(models) * len(lr_grid)
+    with _sigterm_as_exit(), tqdm(total=total, initial=total - len(todo), unit="run",
+                                  desc=f"compare on {dataset}", file=sys.stderr,
+                                  dynamic_ncols=True) as bar:
+        for i, (model, lr) in enumerate(todo):
+            path = run_file(runs_dir, model, lr)
+            progress = RunState(path).progress()
+            # The first run always starts, so every call makes progress; a later one only if its
+            # next epoch, as timed before, still fits.
+            if i and deadline is not None and time.time() + progress.get("next_s", 0) > deadline:
+                pending.append(f"{model} lr={lr:g} not started")
+                continue
+            resumed = f" from epoch {progress['epoch'] + 2}" if progress else ""
+            bar.set_postfix_str(f"{model} lr={lr:g}{resumed}")
+            spec = {"model": model, "dataset": dataset, "learning_rate": lr,
+                    "config_files": config_files,
+                    "config_dict": {"checkpoint_dir": _checkpoint_dir(dataset, model, lr),
+                                    **config_dict, "learning_rate": lr},
+                    "protocol": protocols[model], "out": str(path.resolve()),
+                    "cwd": os.getcwd(), "torch_threads": protocols[model]["torch_threads"],
+                    "deadline": deadline}
+            record, error = train_in_subprocess(spec, path.parent / f"{path.stem}.log")
+            if error == "paused":
+                done = RunState(path).progress()
+                where = f"after epoch {done['epoch'] + 1} of {done['epochs']}"
+                pending.append(f"{model} lr={lr:g} {where}")
+                bar.write(f"{model} lr={lr:g}: paused {where} (time budget)")
+            elif record is None:
+                failures.append(f"{model} lr={lr:g} ({error})")
+            else:
+                records[model, lr] = record
+                bar.write(_summary_line(record))
+                bar.update(1)
+    if failures:
+        raise UserError(f"{len(failures)} run(s) failed: " + "; ".join(failures)
+                        + ": fix the cause and run the same command again (finished runs are kept)")
+    return records, pending
+
+
+def _checkpoint_dir(dataset, model, lr):
+    """saved/compare/<dataset>/<model>_lr<lr>/: RecBole names its checkpoints by model and start
+    second only, so runs of one model started within a second would share a file."""
+    return os.path.join("saved", "compare", dataset, f"{model}_lr{lr:g}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """While runs train, SIGTERM (kill PID) unwinds like Ctrl-C, so the running run is stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_run(path, protocol):
+    """The stored record at ``path`` if it exists and was made under ``protocol``, else None."""
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    if record.get("protocol") != protocol:
+        changed = sorted(k for k in set(protocol) | set(record.get("protocol") or {})
+                         if (record.get("protocol") or {}).get(k) != protocol.get(k))
+        raise UserError(f"{path} was trained under another protocol (differs in "
+                        f"{', '.join(changed)}): give --rerun to train it again, or another "
+                        "--results_dir")
+    return record
+
+
+def train_in_subprocess(spec, log_path):
+    """Run one (model, learning rate) in its own process, its output appended to ``log_path``.
+
+    The process is forked from a server that has imported torch and RecBole once (a
+    multiprocessing forkserver), so a run does not pay the imports again, and its memory, seed
+    state and RecBole globals are its own. Returns (record, None), (None, "paused") when the run
+    stopped at the deadline, or (None, reason) on failure.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = _context().Process(target=_worker_main, args=(spec, str(log_path)),
+                                 name=f"{spec['model']}-lr{spec['learning_rate']:g}")
+    process.start()
+    try:
+        process.join()
+    except BaseException:  # Ctrl-C or SIGTERM: do not leave the run training on its own
+        process.terminate()
+        process.join()
+        raise
+    out = Path(spec["out"])
+    if process.exitcode == PAUSED_EXIT:
+        return None, "paused"
+    if process.exitcode != 0 or not out.is_file():
+        lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        last = lines[-1] if lines else "no output"
+        return None, f"exit code {process.exitcode}, see {log_path}: {last}"
+    with open(out, encoding="utf-8") as f:
+        return json.load(f), None
+
+
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+
+        # The server is told the parent's sys.path; a '' entry there means the server's own
+        # folder, so name the folder recbole_mind was imported from explicitly.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        if package_root not in sys.path:
+            sys.path.append(package_root)
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["recbole_mind.quick_start", "recbole_mind.compare"])
+        else:  # Windows: a fresh interpreter per run
+            _CONTEXT = multiprocessing.get_context("spawn")
+    return _CONTEXT
+
+
+def _worker_main(spec, log_path):
+    """Entry point of a run's process: output to ``log_path``, then :func:`worker`."""
+    os.chdir(spec["cwd"])  # the server started in whatever folder the first call ran from
+    with open(log_path, "a", encoding="utf-8") as log:  # a run cut in pieces keeps one log
+        log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} process {os.getpid()}\n")
+        log.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        worker(spec)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _summary_line(record):
+    result = record["result"]
+    return (f"{record['model']} lr={record['learning_rate']:g}: {result['epochs_run']} epochs, best "
+            f"at {result['best_epoch']}, {result['train_s_per_epoch']:.1f} s/epoch, valid "
+            f"{record['valid_metric']} {result['best_valid_score']:.4f}, peak RSS "
+            f"{record['peak_rss_mb']:.0f} MB")
+
+
+def write_json_atomic(path, value):
+    """Write JSON to a temporary file beside ``path``, then rename it over ``path``: a reader (or
+    a later resume) sees the old file or the whole new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class _Paused(Exception):
+    """Raised from Trainer.fit's callback when the next epoch would end after the deadline."""
+
+
+class RunState:
+    """Epoch-level training state of one (model, learning rate) run, saved after each validation.
+
+    It holds what a later process needs to continue the run exactly as if it had not stopped:
+    the model, the optimiser, RecBole's early-stopping counters, the best validation result and
+    the best checkpoint's path, the epoch times so far, and every random generator training draws
+    from (torch's global one: dropout, MIND's routing logits; numpy; random; and the training
+    loader's shuffling). ``<run>.state.pth`` holds the tensors, ``<run>.state.json`` the
+    protocol and progress, so the parent can check them without loading torch state.
+    """
+
+    def __init__(self, run_path, protocol=None, deadline=None):
+        run_path = Path(run_path)
+        self.pth = run_path.parent / f"{run_path.stem}.state.pth"
+        self.json = run_path.parent / f"{run_path.stem}.state.json"
+        self.protocol, self.deadline = protocol, deadline
+        self.started, self.cpu_started = time.time(), _cpu_seconds()
+        self.before = {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "pieces": 0}
+
+    def progress(self):
+        """The stored progress ({} when there is none): last finished epoch, epochs, next_s, ..."""
+        if not self.json.is_file():
+            return {}
+        with open(self.json, encoding="utf-8") as f:
+            return json.load(f)
+
+    def check(self, protocol):
+        stored = self.progress()
+        if stored and stored.get("protocol") != protocol:
+            raise UserError(f"{self.json} belongs to a run under another protocol: give --rerun to "
+                            "start it again, or another --results_dir")
+
+    def remove(self):
+        self.pth.unlink(missing_ok=True)
+        self.json.unlink(missing_ok=True)
+
+    def hook(self, trainer, train_data, epoch_seconds):
+        """quick_start.run's trainer_hook: restore a stored state, return the fit callback."""
+        self.trainer, self.train_data, self.epoch_seconds = trainer, train_data, epoch_seconds
+        if self.pth.is_file():
+            self._restore()
+        self.fit_started, self.first_epoch = time.time(), len(epoch_seconds)
+        self.load_s = self.fit_started - self.started
+        return self.after_validation
+
+    def after_validation(self, epoch_idx, valid_score):
+        """Runs after RecBole's early stopping and best-checkpoint save for this epoch."""
+        trainer = self.trainer
+        if epoch_idx + 1 >= trainer.epochs or trainer.cur_step > trainer.stopping_step:
+            return  # fit ends after this epoch anyway
+        train_s = sum(self.epoch_seconds[self.first_epoch:])
+        epochs = len(self.epoch_seconds) - self.first_epoch
+        valid_s = max(time.time() - self.fit_started - train_s, 0.0) / epochs
+        next_s = train_s / epochs + valid_s  # one more epoch with its validation
+        self._save(epoch_idx, next_s)
+        if self.deadline is not None and time.time() + next_s + valid_s > self.deadline:
+            raise _Paused(epoch_idx)  # valid_s again: the test evaluation after the last epoch
+
+    def usage(self):
+        """Wall and CPU seconds, peak RSS and process count of the run, all pieces so far."""
+        return {"wall_s": self.before["wall_s"] + time.time() - self.started,
+                "cpu_s": self.before["cpu_s"] + _cpu_seconds() - self.cpu_started,
+                "peak_rss_mb": max(self.before["peak_rss_mb"], peak_rss_mb()),
+                "pieces": self.before["pieces"] + 1}
+
+    def _save(self, epoch_idx, next_s):
+        import numpy as np
+        import torch
+
+        trainer = self.trainer
+        state = {
+            "epoch": epoch_idx,
+            "cur_step": trainer.cur_step,
+            "best_valid_score": trainer.best_valid_score,
+            "best_valid_result": trainer.best_valid_result,
+            "saved_model_file": trainer.saved_model_file,
+            "state_dict": trainer.model.state_dict(),
+            "other_parameter": trainer.model.other_parameter(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "epoch_seconds": list(self.epoch_seconds),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "random": random.getstate(), "loader": self.train_data.generator.get_state()},
+            "usage": self.usage(),
+        }
+        tmp = self.pth.parent / f".{self.pth.name}.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.pth)
+        write_json_atomic(self.json, {"protocol": self.protocol, "epoch": epoch_idx,
+                                      "epochs": trainer.epochs, "next_s": next_s + self.load_s,
+                                      "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def _restore(self):
+        import numpy as np
+        import torch
+
+        trainer = self.trainer
+        state = torch.load(self.pth, map_location=trainer.device, weights_only=False)  # our own file
+        if state["best_valid_result"] is not None and not os.path.isfile(state["saved_model_file"]):
+            raise UserError(f"the best checkpoint {state['saved_model_file']} of the stopped run is "
+                            "gone: give --rerun to start the run again")
+        trainer.model.load_state_dict(state["state_dict"])
+        trainer.model.load_other_parameter(state["other_parameter"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.start_epoch = state["epoch"] + 1
+        trainer.cur_step = state["cur_step"]
+        trainer.best_valid_score = state["best_valid_score"]
+        trainer.best_valid_result = state["best_valid_result"]
+        trainer.saved_model_file = state["saved_model_file"]
+        self.epoch_seconds[:] = state["epoch_seconds"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["random"])
+        self.train_data.generator.set_state(state["rng"]["loader"])
+        self.before = state["usage"]
+        getLogger().info(f"continuing from the state saved after epoch {state['epoch']}")
+
+
+def worker(spec):
+    """Train and evaluate one (model, learning rate) in this process, or continue it from its
+    stored state; store its record, or exit with PAUSED_EXIT at the deadline."""
+    import torch
+
+    from recbole_mind import quick_start
+
+    if torch.is_anomaly_enabled():  # not an assert: python -O would drop it
+        raise RuntimeError("autograd anomaly detection is on: recbole_mind.compat did not apply")
+    if spec.get("torch_threads"):
+        torch.set_num_threads(spec["torch_threads"])
+    state = RunState(spec["out"], spec["protocol"], spec.get("deadline"))
+    try:
+        result = quick_start.run(spec["model"], spec["dataset"], config_files=spec["config_files"],
+                                 config_dict=spec["config_dict"], trainer_hook=state.hook)
+    except _Paused as paused:
+        getLogger().info(f"paused after epoch {paused.args[0]}: the time budget is spent")
+        raise SystemExit(PAUSED_EXIT) from None
+    record = {
+        "model": spec["model"],
+        "dataset": spec["dataset"],
+        "learning_rate": spec["learning_rate"],
+        "protocol": spec["protocol"],
+        "valid_metric": spec["protocol"]["valid_metric"].lower(),
+        "result": result,
+        # wall and CPU time over all the run's pieces: on a shared machine their ratio shows how
+        # much of the wall time was spent waiting for a core
+        **state.usage(),
+        "anomaly_detection": torch.is_anomaly_enabled(),
+        "torch_threads": torch.get_num_threads(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_json_atomic(spec["out"], record)
+    state.remove()
+
+
+def select_learning_rate(runs):
+    """The run with the best validation score; on a tie the one listed first in the grid."""
+    best = None
+    for run in runs:
+        score, bigger = run["result"]["best_valid_score"], run["result"]["valid_score_bigger"]
+        if best is None or (score > best[0] if bigger else score < best[0]):
+            best = (score, run)
+    return best[1]
+
+
+def build_report(dataset, models, lr_grid, records, protocol, command):
+    """The comparison as one dict: the protocol, and per model its selected run's figures."""
+    entries = {}
+    for model in models:
+        runs = [records[model, lr] for lr in lr_grid]
+        chosen = select_learning_rate(runs)
+        result = chosen["result"]
+        entries[model] = {
+            "test": result["test_result"],
+            "valid": result["best_valid_result"],
+            "train_s_per_epoch": result["train_s_per_epoch"],
+            "eval_s": result["eval_s"],
+            "best_epoch": result["best_epoch"],
+            "epochs_run": result["epochs_run"],
+            "peak_rss_mb": chosen["peak_rss_mb"],
+            "torch_threads": chosen.get("torch_threads"),
+            "learning_rate": chosen["learning_rate"],
+            "lr_grid_valid": {f"{run['learning_rate']:g}": run["result"]["best_valid_score"]
+                              for run in runs},
+        }
+    return {
+        "dataset": dataset,
+        "command": command,
+        "protocol": {
+            **protocol,
+            "split": describe_split(protocol["eval_args"]),
+            "ranking": describe_ranking(protocol["eval_args"]),
+            "epoch_budget": {"epochs": protocol["epochs"], "stopping_step": protocol["stopping_step"],
+                             "early_stopping_on": protocol["valid_metric"]},
+            "lr_grid": lr_grid,
+            "lr_selection": f"per model, the grid value with the best validation {protocol['valid_metric']}",
+            "peak_rss": "peak resident memory of the run's own process (ru_maxrss), Python, "
+                        "torch and RecBole included",
+        },
+        "models": entries,
+    }
+
+
+def describe_split(eval_args):
+    """Words for RecBole's eval_args split, e.g. run.yaml's leave-one-out in time order."""
+    split, order = eval_args.get("split") or {}, eval_args.get("order")
+    if split == {"LS": "valid_and_test"} and order == "TO":
+        return "leave-one-out per user in time order: last item test, second last valid"
+    return f"split {json.dumps(split)}, order {order}, grouped by {eval_args.get('group_by')}"
+
+
+def describe_ranking(eval_args):
+    modes = eval_args.get("mode") or {}
+    modes = set(modes.values()) if isinstance(modes, dict) else {modes}
+    if modes == {"full"}:
+        return "full ranking over all items"
+    return "ranking mode " + ", ".join(sorted(map(str, modes)))
+
+
+def command_line(models, dataset, args, overrides):
+    parts = ["python run_recbole_mind.py --compare", *models, "--dataset", dataset,
+             "--lr_grid", args.lr_grid]
+    if args.config_files:
+        parts += ["--config_files", f"'{args.config_files}'"]
+    if args.torch_threads is not None:
+        parts += ["--torch_threads", str(args.torch_threads)]
+    if args.results_dir != DEFAULT_RESULTS_DIR:
+        parts += ["--results_dir", args.results_dir]
+    parts += [f"--{k}={v}" for k, v in overrides.items()]
+    return " ".join(parts)
+
+
+def metric_columns(report):
+    """('recall', 10), ... for every metric and cut-off the runs report, in METRIC_ORDER then k."""
+    keys = next(iter(report["models"].values()))["test"]
+    columns = []
+    for name in METRIC_ORDER:
+        cutoffs = sorted(int(k.split("@")[1]) for k in keys if k.split("@")[0] == name)
+        columns += [(name, k) for k in cutoffs]
+    return columns
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def format_table(report):
+    """The markdown tables: test metrics (best of each column in bold), then cost."""
+    models = report["models"]
+    columns = metric_columns(report)
+    best = {c: max(m["test"][f"{c[0]}@{c[1]}"] for m in models.values()) for c in columns}
+    rows = []
+    for name, m in models.items():
+        cells = []
+        for c in columns:
+            value = m["test"][f"{c[0]}@{c[1]}"]
+            cells.append(f"**{value:.4f}**" if value == best[c] else f"{value:.4f}")
+        rows.append([name, f"{m['learning_rate']:g}", *cells])
+    header = ["Model", "LR", *(f"{METRIC_NAMES[n]}@{k}" for n, k in columns)]
+    lines = _table(header, rows) + [""]
+    cost_rows = [[name, f"{m['train_s_per_epoch']:.2f}", f"{m['eval_s']:.2f}",
+                  str(m["best_epoch"]), str(m["epochs_run"]), f"{m['peak_rss_mb']:.0f}"]
+                 for name, m in models.items()]
+    lines += _table(["Model", "train s/epoch", "full-sort eval s (test)", "best epoch",
+                     "epochs run", "peak RSS MB"], cost_rows)
+    return "\n".join(lines)
+
+
+def format_markdown(report):
+    p = report["protocol"]
+    budget = p["epoch_budget"]
+    grid = list(next(iter(report["models"].values()))["lr_grid_valid"])
+    lr_rows = [[name, *(f"{m['lr_grid_valid'][lr]:.4f}" for lr in grid)]
+               for name, m in report["models"].items()]
+    return "\n".join([
+        f"# Comparison on {report['dataset']}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "Protocol, the same for every model: " + "; ".join([
+            p["split"], p["ranking"], f"seed {p['seed']}",
+            f"embedding_size {p['embedding_size']} and hidden_size {p['hidden_size']}",
+            f"MAX_ITEM_LIST_LENGTH {p['MAX_ITEM_LIST_LENGTH']}", f"loss {p['loss_type']}",
+            f"train batch {p['train_batch_size']}",
+            f"epoch budget {budget['epochs']}, early stopping after {budget['stopping_step']} "
+            f"evaluations without a better validation {budget['early_stopping_on']}",
+            f"learning rate per model from {{{', '.join(f'{v:g}' for v in p['lr_grid'])}}}, "
+            f"picked on validation {p['valid_metric']}",
+            f"device {p['device']}",
+        ]) + ".",
+        "",
+        "## Test set (full ranking)",
+        "",
+        format_table(report),
+        "",
+        "Train s/epoch is the mean wall time of a training epoch; eval s is one full-sort "
+        "evaluation of the test users; best epoch is the epoch of the best validation score, the "
+        "checkpoint evaluated on test; peak RSS is the run's own process. Torch threads: "
+        + ", ".join(f"{name} {m.get('torch_threads')}" for name, m in report["models"].items()) + ".",
+        "",
+        f"## Learning-rate grid (best validation {p['valid_metric']})",
+        "",
+        *_table(["Model", *grid], lr_rows),
+        "",
+        f"![main metrics]({report['dataset']}.png)",
+        "",
+    ])
+
+
+def plot(report, path):
+    """One panel per metric, cut-offs on the x axis, a bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = metric_columns(report)
+    names = [n for n in METRIC_ORDER if any(c[0] == n for c in columns)]
+    models = list(report["models"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    width = 0.8 / len(models)
+    for ax, name in zip(axes[0], names):
+        cutoffs = [k for n, k in columns if n == name]
+        for i, model in enumerate(models):
+            values = [report["models"][model]["test"][f"{name}@{k}"] for k in cutoffs]
+            ax.bar([x + (i - (len(models) - 1) / 2) * width for x in range(len(cutoffs))],
+                   values, width, label=model)
+        ax.set_xticks(range(len(cutoffs)), [f"@{k}" for k in cutoffs])
+        ax.set_title(METRIC_NAMES[name])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"{report['dataset']}: test set, full ranking")
+    fig.tight_layout()
+    tmp = Path(path).parent / f".{Path(path).name}.tmp"
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(report, results_dir):
+    """results/<dataset>.json, .md and .png; returns their paths."""
+    results_dir = Path(results_dir)
+    json_path, md_path, png_path = (results_dir / f"{report['dataset']}{suffix}"
+                                    for suffix in (".json", ".md", ".png"))
+    write_json_atomic(json_path, report)
+    plot(report, png_path)
+    tmp = md_path.parent / f".{md_path.name}.tmp"
+    tmp.write_text(format_markdown(report), encoding="utf-8")
+    os.replace(tmp, md_path)
+    return [md_path, json_path, png_path]
+

@@ -1,0 +1,139 @@
+"""The --compare mode: two models on the tiny dataset, the report files, resuming, time-budget pieces."""
+
+import json
+import os
+
+import pytest
+
+from recbole_mind import cli
+from recbole_mind.compare import parse_lr_grid
+from recbole_mind.errors import UserError
+
+GRID = [0.001, 0.01]
+
+
+def compare_argv(tiny_root, results_dir, *extra):
+    return ["--compare", "MIND", "GRU4Rec", "--dataset", "tiny", "--lr_grid", "0.001,0.01",
+            "--results_dir", str(results_dir), "--torch_threads", "1",  # tiny runs: 1 thread is fastest
+            f"--data_path={tiny_root}", "--epochs=1",
+            "--topk=[5,10]", "--state=ERROR", "--train_batch_size=64", *extra]
+
+
+def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert cli.main(compare_argv(tiny_root, results)) == 0
+
+    runs_dir = results / "runs" / "tiny"
+    run_files = {(m, lr): runs_dir / f"{m}_lr{lr:g}.json" for m in ("MIND", "GRU4Rec") for lr in GRID}
+    records = {}
+    for key, path in run_files.items():
+        records[key] = json.loads(path.read_text())
+        assert records[key]["anomaly_detection"] is False
+        assert records[key]["torch_threads"] == 1
+        assert records[key]["result"]["epochs_run"] == 1
+        assert (runs_dir / f"{path.stem}.log").is_file()
+
+    report = json.loads((results / "tiny.json").read_text())
+    assert report["dataset"] == "tiny"
+    protocol = report["protocol"]
+    assert protocol["epochs"] == 1 and protocol["epoch_budget"]["epochs"] == 1
+    assert protocol["embedding_size"] == 64 and protocol["hidden_size"] == 64
+    assert protocol["MAX_ITEM_LIST_LENGTH"] == 50 and protocol["loss_type"] == "CE"
+    assert protocol["lr_grid"] == GRID and protocol["topk"] == [5, 10]
+    assert protocol["torch_threads"] == 1
+    assert set(report["models"]) == {"MIND", "GRU4Rec"}
+    expected = {f"{m}@{k}" for m in ("recall", "ndcg", "mrr", "hit") for k in (5, 10)}
+    for model, entry in report["models"].items():
+        assert set(entry["test"]) == expected
+        assert all(0.0 <= v <= 1.0 for v in entry["test"].values())
+        assert entry["test"]["recall@5"] <= entry["test"]["recall@10"]
+        # the chosen learning rate is the grid value with the best validation NDCG@10
+        valid = {lr: records[model, lr]["result"]["best_valid_result"]["ndcg@10"] for lr in GRID}
+        assert entry["learning_rate"] == max(GRID, key=lambda lr: (valid[lr], -GRID.index(lr)))
+        chosen = records[model, entry["learning_rate"]]
+        assert entry["test"] == chosen["result"]["test_result"]
+        assert entry["best_epoch"] == 1 and entry["train_s_per_epoch"] > 0 and entry["eval_s"] > 0
+        assert 50 < entry["peak_rss_mb"] < 16000
+
+    md = (results / "tiny.md").read_text()
+    assert "| Model | LR | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | MRR@5 | MRR@10 | Hit@5 | Hit@10 |" in md
+    assert "@50" not in md and "@20" not in md
+    assert "epoch budget 1" in md and "peak RSS MB" in md
+    for model, entry in report["models"].items():
+        prefix = f"| {model} | {entry['learning_rate']:g} |"
+        row = next(line for line in md.splitlines() if line.startswith(prefix))
+        assert f"{entry['test']['ndcg@10']:.4f}" in row
+    assert (results / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MIND lr=0.001: 1 epochs" in capsys.readouterr().out
+
+    # Resume: nothing is trained again, the report is rebuilt from the stored runs.
+    stamps = {key: path.stat().st_mtime_ns for key, path in run_files.items()}
+    os.remove(results / "tiny.json")
+    assert cli.main(compare_argv(tiny_root, results)) == 0
+    assert {key: path.stat().st_mtime_ns for key, path in run_files.items()} == stamps
+    assert json.loads((results / "tiny.json").read_text())["models"] == report["models"]
+    assert "lr=" not in capsys.readouterr().out  # no run summary line: no run happened
+
+    # A stored run made under another protocol is refused, not silently reused.
+    assert cli.main(compare_argv(tiny_root, results, "--stopping_step=3")) == 2
+    assert "another protocol" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["abc", "0.001,-1", "", "nan"])
+def test_bad_lr_grid_is_a_user_error(text):
+    with pytest.raises(UserError, match="--lr_grid"):
+        parse_lr_grid(text)
+
+
+def test_lr_grid_parsing():
+    assert parse_lr_grid("0.001, 0.003,0.001") == [0.001, 0.003]
+
+
+def test_bad_input_exits_2_before_training(tiny_root, tmp_path, capsys):
+    argv = ["--compare", "MIND", "NoSuchModel", "--dataset", "tiny", "--results_dir", str(tmp_path),
+            f"--data_path={tiny_root}"]
+    assert cli.main(argv) == 2
+    assert "unknown model 'NoSuchModel'" in capsys.readouterr().err
+    assert cli.main(argv[:2] + ["--dataset", "tiny", "--learning_rate=0.1"]) == 2
+    assert "--lr_grid" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_run_is_reported_and_not_stored(tiny_root, tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["--compare", "MIND", "--dataset", "tiny", "--lr_grid", "0.001", "--results_dir",
+            str(results), "--torch_threads", "1", f"--data_path={tiny_root}", "--epochs=1",
+            "--topk=[5,10]", "--state=ERROR", "--item_features=[no_such_field]"]
+    assert cli.main(argv) == 2
+    assert "1 run(s) failed: MIND lr=0.001" in capsys.readouterr().err
+    runs_dir = results / "runs" / "tiny"
+    assert not (runs_dir / "MIND_lr0.001.json").exists()
+    assert "no_such_field" in (runs_dir / "MIND_lr0.001.log").read_text()
+    assert not (results / "tiny.json").exists()
+
+
+def test_time_budget_pauses_and_the_same_command_resumes_exactly(tiny_root, tmp_path, capsys):
+    def argv(results, *extra):
+        return ["--compare", "MIND", "--dataset", "tiny", "--lr_grid", "0.01", "--no_report",
+                "--results_dir", str(results), "--torch_threads", "1", f"--data_path={tiny_root}",
+                "--epochs=2", "--topk=[5,10]", "--state=ERROR", "--train_batch_size=64", *extra]
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert cli.main(argv(whole)) == 0
+    # a budget already spent: each call trains one epoch (every call makes progress), then stops
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv(cut, "--time_budget", "1e-9"))
+    assert stopped.value.code == 75
+    assert "paused after epoch 1 of 2" in capsys.readouterr().out
+    runs = cut / "runs" / "tiny"
+    assert json.loads((runs / "MIND_lr0.01.state.json").read_text())["epoch"] == 0
+    assert not (runs / "MIND_lr0.01.json").exists()
+
+    assert cli.main(argv(cut, "--time_budget", "1e-9")) == 0  # epoch 2 is the last: no pause
+    assert not (runs / "MIND_lr0.01.state.json").exists() and not (runs / "MIND_lr0.01.state.pth").exists()
+    one = json.loads((whole / "runs" / "tiny" / "MIND_lr0.01.json").read_text())
+    two = json.loads((runs / "MIND_lr0.01.json").read_text())
+    assert (one["pieces"], two["pieces"]) == (1, 2)
+    assert two["result"]["epochs_run"] == 2
+    for key in ("test_result", "best_valid_result", "best_valid_score", "best_epoch"):
+        assert two["result"][key] == one["result"][key], key
