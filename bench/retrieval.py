@@ -117,7 +117,7 @@ def recall(found, truth):
     return float((hits / truth.shape[1]).mean())
 
 
-def bench_size(items, interests, mask, indexes, log, max_size):
+def bench_size(items, interests, mask, indexes, log, max_size, hnsw_metric="l2"):
     """Exact path and every index on one catalogue; labels are rows of ``items``."""
     # retrieve() treats row 0 as padding: prepend a zero row so item r+1 is catalogue row r
     with_pad = np.concatenate([np.zeros((1, DIM), dtype=np.float32), items])
@@ -131,7 +131,7 @@ def bench_size(items, interests, mask, indexes, log, max_size):
         if len(items) > max_size.get(kind, len(items)):
             log(f"  {kind}: skipped above {max_size[kind]} items")
             continue
-        params = retrieval.IndexParams()
+        params = retrieval.IndexParams(hnsw_metric=hnsw_metric)
         started = time.perf_counter()
         index = retrieval.build_index(items, kind, params)
         build_s = time.perf_counter() - started
@@ -148,14 +148,15 @@ def bench_size(items, interests, mask, indexes, log, max_size):
         good = [s for s in sweep if s["recall@50"] >= TARGET_RECALL]
         best = max(good, key=lambda s: s["qps"]) if good else max(sweep, key=lambda s: s["recall@50"])
         result[kind] = {**best, "build_s": build_s, "speedup_vs_exact": best["qps"] / result["exact_qps"],
-                        "index_params": _index_params(index, kind), "sweep": sweep}
+                        "index_params": _index_params(index, kind, params), "sweep": sweep}
         del index
     return result
 
 
-def _index_params(index, kind):
+def _index_params(index, kind, params):
     if kind == "hnsw":
-        return {"M": index.hnsw.nb_neighbors(1), "efConstruction": index.hnsw.efConstruction}
+        return {"metric": params.hnsw_metric, "M": index.hnsw.nb_neighbors(1),
+                "efConstruction": index.hnsw.efConstruction}
     if kind == "ivf":
         return {"nlist": index.nlist}
     if kind == "ivfpq":
@@ -203,6 +204,8 @@ def markdown_tables(report):
             row = sizes[n]
             lines.append(f"| {int(n):,} | exact (torch) | full sort | {row['exact_qps']:.1f} | 1.0 | 1.0000 | - |")
             for kind in SWEEPS:
+                if not any(kind in other for other in sizes.values()):
+                    continue  # not benchmarked in this run
                 if kind not in row:
                     lines.append(f"| {int(n):,} | {kind} | not run at this size | | | | |")
                     continue
@@ -230,6 +233,8 @@ def main():
     parser.add_argument("--hnsw_max", type=int, default=100_000,
                         help="largest catalogue for hnsw (its build is the slowest by far)")
     parser.add_argument("--threads", type=int, default=2, help="torch and faiss threads")
+    parser.add_argument("--hnsw_metric", default="l2", choices=["l2", "ip"],
+                        help="hnsw graph on the inner-product-to-L2 reduction (l2) or the raw inner product")
     parser.add_argument("--out", default="results/retrieval", help="prefix of the .json and .png written")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -255,11 +260,12 @@ def main():
         interests, mask = synthetic_queries(centres, args.queries, rng)
         log(f"synthetic, {n} items")
         max_size = {"flat": args.flat_max, "hnsw": args.hnsw_max}
-        results["synthetic"][str(n)] = bench_size(items, interests, mask, args.indexes, log, max_size)
+        results["synthetic"][str(n)] = bench_size(items, interests, mask, args.indexes, log, max_size,
+                                                  args.hnsw_metric)
         if real is not None:
             log(f"real, {n} items")
             results["real"][str(n)] = bench_size(real_catalogue(real[0], n, rng), real[1], real[2],
-                                                 args.indexes, log, max_size)
+                                                 args.indexes, log, max_size, args.hnsw_metric)
     report = {
         "sizes": results["synthetic"],
         "real_sizes": results["real"],

@@ -144,11 +144,11 @@ def test_user_histories_follow_the_inter_file(trained, tiny_root):
         assert sorted(dataset.id2token(dataset.iid_field, seen)) == sorted(set(sequences[user]))
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
-def test_approximate_indexes_return_valid_lists(trained, kind):
+@pytest.mark.parametrize("kind,metric", [("hnsw", "l2"), ("hnsw", "ip"), ("ivf", None), ("ivfpq", None)])
+def test_approximate_indexes_return_valid_lists(trained, kind, metric):
     # On 40 items an IVF over all cells and an HNSW beam wider than the catalogue are exact;
     # 4-bit PQ with 4x oversampling and exact re-scoring finds most of the top.
-    params = retrieval.IndexParams(nprobe=64, pq_m=4, pq_bits=4, oversample=4)
+    params = retrieval.IndexParams(nprobe=64, pq_m=4, pq_bits=4, oversample=4, hnsw_metric=metric or "l2")
     items, scores = retrieval.retrieve(trained["interests"], trained["mask"], trained["item_vectors"],
                                        TOPN, kind, params, exclude=trained["history"])
     reference = full_sort(trained, True)
@@ -168,6 +168,8 @@ def test_bad_index_parameters_are_user_errors(trained):
         retrieval.retrieve(*args, "ivfpq", retrieval.IndexParams(pq_m=5, pq_bits=4))
     with pytest.raises(UserError, match="unknown index"):
         retrieval.retrieve(*args, "lsh")
+    with pytest.raises(UserError, match="hnsw_metric"):
+        retrieval.retrieve(*args, "hnsw", retrieval.IndexParams(hnsw_metric="cosine"))
 
 
 def test_cli_writes_original_tokens_atomically(trained, tiny_root, tmp_path):
