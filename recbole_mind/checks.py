@@ -85,5 +85,11 @@ def check_dataset_files(config):
     check_atomic_file(inter, separator, required)
     for suffix, id_field in (("user", "USER_ID_FIELD"), ("item", "ITEM_ID_FIELD")):
         path = os.path.join(folder, f"{name}.{suffix}")
-        if os.path.isfile(path):
-            check_atomic_file(path, separator, [config[id_field]])
+        fields = check_atomic_file(path, separator, [config[id_field]]) if os.path.isfile(path) else {}
+        for feature in config[f"{suffix}_features"] or []:  # MIND's profile / side features
+            if feature not in fields:
+                raise UserError(f"{suffix}_features names '{feature}', which the dataset's .{suffix} file "
+                                f"does not have: remove it from {suffix}_features")
+            if fields[feature] not in (FeatureType.TOKEN.value, FeatureType.TOKEN_SEQ.value):
+                raise UserError(f"{suffix} feature '{feature}' is {fields[feature]}; MIND embeds token and "
+                                f"token_seq features only: remove it from {suffix}_features")
