@@ -19,6 +19,8 @@ from recbole_mind.errors import UserError
 MODE_MODULES = [
     "recbole_mind.retrieval",  # first: it hands a bare --topk=... back to the other modes as an override
     "recbole_mind.compare",
+    "recbole_mind.hyper",
+    "recbole_mind.explain",
 ]
 
 
@@ -86,7 +88,7 @@ def main(argv=None):
     except (UserError, ValueError, KeyError, FileNotFoundError, yaml.YAMLError) as e:
         if args.debug:
             raise
-        message = str(e).strip().strip("'\"") or type(e).__name__
+        message = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)).strip() or type(e).__name__
         print(f"error: {message.splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
