@@ -11,7 +11,8 @@ always gives the same interests.
 import torch
 from torch import nn
 
-from recbole_mind.retrieval import atomic_write, user_histories
+from recbole_mind.files import atomic_write
+from recbole_mind.retrieval import user_histories
 
 
 class UserTower(nn.Module):

@@ -20,13 +20,14 @@ are over chunks of rows and over the rare search rounds that need a deeper list 
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
+from recbole_mind.checkpoint import load_checkpoint as load_trusted_checkpoint
 from recbole_mind.errors import UserError
+from recbole_mind.files import atomic_write
 
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
 CSV_HEADER = "user_id,rank,item_id,score"
@@ -292,9 +293,9 @@ def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, 
 def load_checkpoint(path, data_path=None):
     """(config, dataset, model) from a RecBole checkpoint of MIND, on the CPU in eval mode.
 
-    The checkpoint is a pickle (RecBole saves its Config object in it), so it is loaded with
-    ``torch.load(weights_only=False)``, which executes code from the file: load only
-    checkpoints you trust, from the path you name. The dataset is rebuilt from the saved
+    The checkpoint is a pickle (RecBole saves its Config object in it): loading it executes
+    code from the file, so load only checkpoints you trust, from the path you name
+    (:mod:`recbole_mind.checkpoint`). The dataset is rebuilt from the saved
     config with :func:`recbole_mind.quick_start.prepare_data`; ``data_path`` overrides the
     saved one when the data moved.
     """
@@ -303,14 +304,7 @@ def load_checkpoint(path, data_path=None):
     from recbole_mind import quick_start
     from recbole_mind.mind import MIND
 
-    if not path or not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist: pass a saved/MIND-*.pth file with --checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}): pass a file saved by training") from None
-    if not isinstance(checkpoint, dict) or not {"config", "state_dict"} <= checkpoint.keys():
-        raise UserError(f"{path} is not a RecBole checkpoint (no config/state_dict): pass a saved/*.pth file")
+    checkpoint = load_trusted_checkpoint(path)
     config = checkpoint["config"]
     if quick_start.resolve_model(config["model"]) is not MIND:
         raise UserError(f"{path} holds a {config['model']} model: retrieval and export need a MIND checkpoint")
@@ -412,24 +406,6 @@ def write_recommendations(path, dataset, users, items, scores):
     return len(frame)
 
 
-def atomic_write(path, write, mode="wb"):
-    """Write through ``write(file)`` into a temporary file beside ``path``, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"output folder {folder} does not exist: create it or choose another path")
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(handle, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------- CLI mode
 def add_arguments(parser):
     group = parser.add_argument_group(
@@ -506,4 +482,4 @@ def _positive_int(text, flag):
 
 __all__ = ["INDEX_TYPES", "IndexParams", "MipsHNSW", "build_index", "retrieve", "search_interests", "merge_candidates",
            "load_checkpoint", "user_histories", "user_interests", "retrieve_for_dataset",
-           "write_recommendations", "atomic_write", "history_keys", "add_arguments", "selected", "main"]
+           "write_recommendations", "history_keys", "add_arguments", "selected", "main"]

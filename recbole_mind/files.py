@@ -1,0 +1,24 @@
+"""Writing output files so that an interrupt never leaves a half-written one."""
+
+import os
+import tempfile
+
+from recbole_mind.errors import UserError
+
+
+def atomic_write(path, write, mode="wb"):
+    """Write through ``write(file)`` into a temporary file beside ``path``, then os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"output folder {folder} does not exist: create it or choose another path")
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
