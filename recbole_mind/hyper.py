@@ -251,8 +251,16 @@ def _export(tuner, trials, config_dict, model, dataset, paths):
               f"(valid score {best['best_valid_score']:.4f}, test {_metrics(best['test_result'])})\n")
     with open(paths["best_config_file"], "w") as f:
         f.write(header)
-        yaml.safe_dump({**fixed, **{k: _plain(v) for k, v in best["params"].items()}}, f,
-                       sort_keys=False, default_flow_style=None)
+        yaml.dump({**fixed, **{k: _plain(v) for k, v in best["params"].items()}}, f,
+                  Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """One ``key: value`` line per key, lists inline (``topk: [10, 20]``), like properties/*.yaml."""
+
+
+_BlockDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
 
 
 def _metrics(values):
