@@ -74,8 +74,10 @@ def check_atomic_file(path, separator="\t", required=()):
     return fields
 
 
-def check_dataset_files(config):
-    """The dataset's .inter (and any .user/.item RecBole will read) are well-formed."""
+def check_dataset_files(config, features=None):
+    """The dataset's .inter (and any .user/.item RecBole will read) are well-formed, and hold
+    ``features`` ({"user": [...], "item": [...]}, MIND's profile and side features)."""
+    features = features or {}
     folder, name = config["data_path"], config["dataset"]
     separator = config["field_separator"] or "\t"
     inter = os.path.join(folder, f"{name}.inter")
@@ -86,7 +88,7 @@ def check_dataset_files(config):
     for suffix, id_field in (("user", "USER_ID_FIELD"), ("item", "ITEM_ID_FIELD")):
         path = os.path.join(folder, f"{name}.{suffix}")
         fields = check_atomic_file(path, separator, [config[id_field]]) if os.path.isfile(path) else {}
-        for feature in config[f"{suffix}_features"] or []:  # MIND's profile / side features
+        for feature in features.get(suffix, []):
             if feature not in fields:
                 raise UserError(f"{suffix}_features names '{feature}', which the dataset's .{suffix} file "
                                 f"does not have: remove it from {suffix}_features")

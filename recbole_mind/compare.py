@@ -30,6 +30,7 @@ from logging import getLogger
 from pathlib import Path
 
 from recbole_mind.errors import UserError
+from recbole_mind.files import atomic_write
 
 DEFAULT_LR_GRID = "0.001,0.003"
 DEFAULT_RESULTS_DIR = "results"
@@ -346,21 +347,15 @@ def _summary_line(record):
 
 
 def write_json_atomic(path, value):
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``: a reader (or
-    a later resume) sees the old file or the whole new one, never a half-written one."""
+    """Write JSON so that a reader (or a later resume) sees the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def dump(f):
+        json.dump(value, f, indent=2, default=str)
+        f.write("\n")
+
+    atomic_write(path, dump, mode="w")
 
 
 def peak_rss_mb():
@@ -462,9 +457,7 @@ class RunState:
                     "random": random.getstate(), "loader": self.train_data.generator.get_state()},
             "usage": self.usage(),
         }
-        tmp = self.pth.parent / f".{self.pth.name}.{os.getpid()}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.pth)
+        atomic_write(self.pth, lambda f: torch.save(state, f))
         write_json_atomic(self.json, {"protocol": self.protocol, "epoch": epoch_idx,
                                       "epochs": trainer.epochs, "next_s": next_s + self.load_s,
                                       "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -711,10 +704,8 @@ def plot(report, path):
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{report['dataset']}: test set, full ranking")
     fig.tight_layout()
-    tmp = Path(path).parent / f".{Path(path).name}.tmp"
-    fig.savefig(tmp, dpi=120, format="png")
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(report, results_dir):
@@ -724,8 +715,6 @@ def write_report(report, results_dir):
                                     for suffix in (".json", ".md", ".png"))
     write_json_atomic(json_path, report)
     plot(report, png_path)
-    tmp = md_path.parent / f".{md_path.name}.tmp"
-    tmp.write_text(format_markdown(report), encoding="utf-8")
-    os.replace(tmp, md_path)
+    atomic_write(md_path, lambda f: f.write(format_markdown(report)), mode="w")
     return [md_path, json_path, png_path]
 

@@ -100,7 +100,12 @@ def check_data(config):
     """Download the dataset if needed and check its atomic files (UserError if unusable)."""
     ensure_dataset(config["dataset"], config["data_path"], url=config["dataset_url"],
                    timeout=config["download_timeout"] or 30, show_progress=bool(config["show_progress"]))
-    check_dataset_files(config)
+    features = None
+    model_class = getattr(config, "model_class", None)
+    if isinstance(model_class, type) and issubclass(model_class, MIND):
+        hp = read_hyper_parameters(config)
+        features = {"user": hp.user_features, "item": hp.item_features}
+    check_dataset_files(config, features)
 
 
 def prepare_data(config):
