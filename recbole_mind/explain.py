@@ -604,7 +604,8 @@ def explain_all(explainer, output_dir, users=()):
     purities["co-occurrence cluster"] = explainer.purity(explainer.cooccurrence_labels())
     m = explainer.model
     title = (f"MIND on {explainer.dataset.dataset_name}: K={m.interest_num}, "
-             f"dynamic_interest={m.dynamic_interest}, routing softmax over {m.routing.softmax_axis}")
+             f"dynamic_interest={m.dynamic_interest}, R={m.routing.iterations} routing iterations, "
+             f"softmax over {m.routing.softmax_axis}")
     path = os.path.join(output_dir, "capsule_health.png")
     plot_health(health, purities, path, title)
     written.append(path)
