@@ -128,6 +128,7 @@ class Explainer:
         self.title_field = title_field
         self.genre_field = genre_field
         self.uid_field = dataset.uid_field
+        self.clusters = None  # [n_items] co-occurrence cluster, set by cooccurrence_labels
         self.rows = self._test_rows(test_data)
         self._routed = None
 
@@ -181,11 +182,14 @@ class Explainer:
 
     # ------------------------------------------------------------------ labels
     def item_names(self, items):
-        """Display names 'title [genre|genre]' (the item token where there is no title)."""
+        """Display names 'title [genre|genre]' (the item token where there is no title); without
+        genres, 'item (cluster c)' once :meth:`cooccurrence_labels` has clustered the items."""
         names = []
         for item in items.tolist():
             title = self._tokens(self.title_field, item, " ") or str(self.dataset.id2token(self.dataset.iid_field, item))
             genres = self._tokens(self.genre_field, item, "|")
+            if not genres and self.genre_field is None and self.clusters is not None and self.clusters[item] >= 0:
+                title = f"{title} (cluster {self.clusters[item]})"
             names.append(f"{title} [{genres}]" if genres else title)
         return names
 
@@ -213,6 +217,7 @@ class Explainer:
         inter = self.dataset.inter_feat
         cluster = cooccurrence_clusters(inter[self.uid_field].numpy(), inter[self.dataset.iid_field].numpy(),
                                         self.dataset.user_num, self.dataset.item_num, clusters, dim, seed)
+        self.clusters = cluster
         labels = torch.zeros(self.dataset.item_num, clusters)
         known = cluster >= 0
         labels[torch.from_numpy(np.nonzero(known)[0]), torch.from_numpy(cluster[known])] = 1.0
@@ -298,8 +303,11 @@ def token_labels(values, n_tokens):
 def cooccurrence_clusters(users, items, n_users, n_items, clusters=CLUSTERS, dim=CLUSTER_DIM, seed=0):
     """Cluster of every item from the user-item matrix alone ([n_items], -1 for unseen items).
 
-    Spectral co-clustering: SVD of D_u^-1/2 X D_i^-1/2 (X binary users x items), drop the first
-    (degree) singular vector, normalise the item rows, k-means. Cheap: one sparse svds.
+    Regularised spectral co-clustering: SVD of (D_u + tau_u)^-1/2 X (D_i + tau_i)^-1/2 (X binary
+    users x items, tau the mean degree), drop the first (degree) singular vector, normalise the
+    item rows, k-means. The regularisation matters: without it every small connected component
+    (amazon-videogames has hundreds) adds a singular value of exactly 1, the top vectors span an
+    arbitrary part of that tie and the clusters change from run to run. Cheap: one sparse svds.
     """
     import scipy.sparse as sp
     from scipy.cluster.vq import kmeans2
@@ -309,10 +317,11 @@ def cooccurrence_clusters(users, items, n_users, n_items, clusters=CLUSTERS, dim
     x.data[:] = 1.0  # repeated interactions count once
     du = np.asarray(x.sum(axis=1)).ravel()
     di = np.asarray(x.sum(axis=0)).ravel()
-    scaled = sp.diags(1 / np.sqrt(np.maximum(du, 1))) @ x @ sp.diags(1 / np.sqrt(np.maximum(di, 1)))
+    tau_u, tau_i = du[du > 0].mean(), di[di > 0].mean()
+    scaled = sp.diags(1 / np.sqrt(du + tau_u)) @ x @ sp.diags(1 / np.sqrt(di + tau_i))
     k = min(dim + 1, min(scaled.shape) - 1)
     _, s, vt = svds(scaled, k=k, random_state=seed)
-    order = np.argsort(-s)[1:]  # the top vector is sqrt(degree): it carries no cluster
+    order = np.argsort(-s)[1:]  # the top vector follows the degrees: it carries no cluster
     vectors = vt[order].T * s[order]
     seen = di > 0
     vectors = vectors[seen] / np.maximum(np.linalg.norm(vectors[seen], axis=1, keepdims=True), 1e-12)
@@ -456,8 +465,18 @@ def plot_user(explained, path):
     weights = explained["weights"]
     n, active = weights.shape
     labels = [textwrap.shorten(name, 60) for name in explained["behaviours"]]
-    fig = plt.figure(figsize=(13, max(4.0, 0.24 * n + 2.0)))
-    heat = fig.add_axes([0.30, 0.06, 0.22, 0.86])
+    lines = [f"test item: {textwrap.shorten(explained['target'], 55)}",
+             f"  best scored by interest {explained['winner']}", ""]
+    for j, retrieved in enumerate(explained["top"]):
+        lines.append(f"interest {j} retrieves:")
+        lines += [f"  {score:6.2f}  {textwrap.shorten(name, 55)}" for name, score in retrieved]
+        lines.append("")
+    body = max(0.24 * n, 0.125 * len(lines))  # inches: heat map rows, or the text if longer
+    height = body + 1.55
+    bottom, top = 1.1 / height, 0.45 / height  # fixed inches for the tick labels and the title
+    fig = plt.figure(figsize=(13, height))
+    rows = 0.24 * n / height
+    heat = fig.add_axes([0.30, 1 - top - rows, 0.22, rows])  # top-aligned with the text
     image = heat.imshow(weights, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
     heat.set_yticks(range(n), labels, fontsize=7)
     heat.set_xticks(range(active), [f"interest {j}" for j in range(active)], fontsize=8, rotation=30)
@@ -468,14 +487,8 @@ def plot_user(explained, path):
             heat.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
                       color="white" if weights[i, j] < 0.6 else "black")
     fig.colorbar(image, ax=heat, fraction=0.08, pad=0.02)
-    text = fig.add_axes([0.58, 0.06, 0.41, 0.86])
+    text = fig.add_axes([0.58, bottom, 0.41, 1 - bottom - top])
     text.axis("off")
-    lines = [f"test item: {textwrap.shorten(explained['target'], 55)}",
-             f"  best scored by interest {explained['winner']}", ""]
-    for j, top in enumerate(explained["top"]):
-        lines.append(f"interest {j} retrieves:")
-        lines += [f"  {score:6.2f}  {textwrap.shorten(name, 55)}" for name, score in top]
-        lines.append("")
     text.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7.5)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -592,16 +605,16 @@ def main(args, overrides):
 def explain_all(explainer, output_dir, users=()):
     """Every picture and number for ``explainer`` into ``output_dir``; returns the summary dict."""
     written = []
-    for token in users:
-        path = os.path.join(output_dir, f"user_{token}.png")
-        plot_user(explainer.explain_user(token), path)
-        written.append(path)
-    health = explainer.capsule_health()
     purities = {}
     genres = explainer.genre_labels()
     if genres is not None:
         purities["genre"] = explainer.purity(genres)
     purities["co-occurrence cluster"] = explainer.purity(explainer.cooccurrence_labels())
+    for token in users:  # after the clustering: items without genres are labelled by cluster
+        path = os.path.join(output_dir, f"user_{token}.png")
+        plot_user(explainer.explain_user(token), path)
+        written.append(path)
+    health = explainer.capsule_health()
     m = explainer.model
     title = (f"MIND on {explainer.dataset.dataset_name}: K={m.interest_num}, "
              f"dynamic_interest={m.dynamic_interest}, R={m.routing.iterations} routing iterations, "
