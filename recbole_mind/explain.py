@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mind import quick_start
+from recbole_mind.checkpoint import load_checkpoint as load_trusted_checkpoint
 from recbole_mind.errors import UserError
 from recbole_mind.mind import MIND
 
@@ -66,16 +67,7 @@ def load_checkpoint(path, config_dict=None, title_field=None, genre_field=None):
     so the id map only changes when the .item file adds or removes items, and then the item
     table no longer fits the checkpoint and loading fails loudly.
     """
-    if not path or not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist: give a file saved by training, e.g. saved/MIND-....pth")
-    # A RecBole checkpoint pickles its whole Config, so it needs weights_only=False; this loads
-    # only the file the user named, as RecBole's own Trainer.resume_checkpoint does.
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}): give a .pth saved by training") from None
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
-        raise UserError(f"{path} is not a RecBole checkpoint: give a .pth saved by training")
+    checkpoint = load_trusted_checkpoint(path)  # a pickle: only the path the user named
     saved_config = checkpoint["config"]
     if saved_config["model"] != "MIND":
         raise UserError(f"{path} holds a {saved_config['model']} model: --explain needs a MIND checkpoint")
