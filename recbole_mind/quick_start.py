@@ -6,7 +6,6 @@ Trainer.evaluate(load_best_model=True), and returns RecBole's result dict.
 """
 
 import contextlib
-import logging
 import os
 import sys
 import time
@@ -233,8 +232,6 @@ def _time_epochs(trainer, sink):
 
 def _best_epoch(trainer, epochs_run, eval_step):
     """1-based epoch of the best validation: RecBole's stopping counter counts evaluations
-    since the best one (cur_step), each eval_step epochs apart."""
+    since the best one (cur_step), each eval_step epochs apart. After ``--resume`` it counts
+    from the resumed epoch (compare's own resume pre-fills the epoch list instead)."""
     return max(epochs_run - trainer.cur_step * eval_step, 0) if epochs_run else None
-
-
-logging.getLogger("matplotlib").setLevel(logging.WARNING)
