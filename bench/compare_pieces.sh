@@ -13,7 +13,8 @@
 #       --data_path=../shared/data > /tmp/compare/amazon-videogames.log 2>&1 &
 # Environment: MODELS (default "MIND GRU4Rec SASRec SINE"), LR_GRID (default 0.001,0.003),
 # BUDGET_H (hours per piece, default 1.75), THREADS (torch threads per run, default 1),
-# LOG_DIR (default /tmp/compare/DATASET), PYTHON (default .venv/bin/python).
+# LOG_DIR (default /tmp/compare/DATASET), PYTHON (default .venv/bin/python), REPORT (0: skip the
+# report, for a part of the models run beside another part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=${1:?usage: bench/compare_pieces.sh DATASET [--key=value ...]}
@@ -44,6 +45,7 @@ for model in $MODELS; do
     done
   done
 done
+[ "${REPORT:-1}" = 0 ] && exit 0
 echo "$(date '+%F %T') report"
 # shellcheck disable=SC2086  # MODELS is a list of words
 "$PYTHON" run_recbole_mind.py --compare $MODELS --lr_grid "$LR_GRID" --torch_threads "$THREADS" \

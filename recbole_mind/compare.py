@@ -502,7 +502,8 @@ def worker(spec):
     state = RunState(spec["out"], spec["protocol"], spec.get("deadline"))
     try:
         result = quick_start.run(spec["model"], spec["dataset"], config_files=spec["config_files"],
-                                 config_dict=spec["config_dict"], trainer_hook=state.hook)
+                                 config_dict=spec["config_dict"], trainer_hook=state.hook,
+                                 test_history_excluded=True)
     except _Paused as paused:
         getLogger().info(f"paused after epoch {paused.args[0]}: the time budget is spent")
         raise SystemExit(PAUSED_EXIT) from None
@@ -543,6 +544,8 @@ def build_report(dataset, models, lr_grid, records, protocol, command):
         result = chosen["result"]
         entries[model] = {
             "test": result["test_result"],
+            # the same checkpoint, ranked without the items of each test row's input sequence
+            "test_history_excluded": result.get("test_result_history_excluded"),
             "valid": result["best_valid_result"],
             "train_s_per_epoch": result["train_s_per_epoch"],
             "eval_s": result["eval_s"],
@@ -617,20 +620,43 @@ def _table(header, rows):
     return lines
 
 
-def format_table(report):
-    """The markdown tables: test metrics (best of each column in bold), then cost."""
+def metric_table(report, key="test"):
+    """The markdown table of one result set per model (best of each column in bold)."""
     models = report["models"]
     columns = metric_columns(report)
-    best = {c: max(m["test"][f"{c[0]}@{c[1]}"] for m in models.values()) for c in columns}
+    best = {c: max(m[key][f"{c[0]}@{c[1]}"] for m in models.values()) for c in columns}
     rows = []
     for name, m in models.items():
         cells = []
         for c in columns:
-            value = m["test"][f"{c[0]}@{c[1]}"]
+            value = m[key][f"{c[0]}@{c[1]}"]
             cells.append(f"**{value:.4f}**" if value == best[c] else f"{value:.4f}")
         rows.append([name, f"{m['learning_rate']:g}", *cells])
     header = ["Model", "LR", *(f"{METRIC_NAMES[n]}@{k}" for n, k in columns)]
-    lines = _table(header, rows) + [""]
+    return _table(header, rows)
+
+
+def history_excluded_section(report):
+    """The second test table, when every run has it (runs stored before it existed do not)."""
+    if not all(m.get("test_history_excluded") for m in report["models"].values()):
+        return []
+    return [
+        "## Test set, each user's input sequence removed from the ranking",
+        "",
+        "The same checkpoints, with the items of each test row's input sequence (its last "
+        "MAX_ITEM_LIST_LENGTH behaviours) scored -inf for every model. RecBole's full ranking of "
+        "sequential models (the table above) keeps them in; MIND with `exclude_history: True` "
+        "removes them itself, so this table shows how much of a gap is that filter alone.",
+        "",
+        *metric_table(report, "test_history_excluded"),
+        "",
+    ]
+
+
+def format_table(report):
+    """The markdown tables: test metrics (best of each column in bold), then cost."""
+    models = report["models"]
+    lines = metric_table(report) + [""]
     cost_rows = [[name, f"{m['train_s_per_epoch']:.2f}", f"{m['eval_s']:.2f}",
                   str(m["best_epoch"]), str(m["epochs_run"]), f"{m['peak_rss_mb']:.0f}"]
                  for name, m in models.items()]
@@ -671,6 +697,7 @@ def format_markdown(report):
         "checkpoint evaluated on test; peak RSS is the run's own process. Torch threads: "
         + ", ".join(f"{name} {m.get('torch_threads')}" for name, m in report["models"].items()) + ".",
         "",
+        *history_excluded_section(report),
         f"## Learning-rate grid (best validation {p['valid_metric']})",
         "",
         *_table(["Model", *grid], lr_rows),

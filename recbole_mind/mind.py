@@ -153,6 +153,7 @@ def read_hyper_parameters(config):
         hidden_layers=param("hidden_layers", int),
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
+        exclude_history=param("exclude_history", boolean),
         loss_type=param("loss_type", str),
         num_negatives=param("num_negatives", int),
         sampling_distribution=param("sampling_distribution", str),
@@ -204,6 +205,7 @@ class MIND(SequentialRecommender):
         self.hidden_layers = hp.hidden_layers
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
+        self.exclude_history = hp.exclude_history
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
         self.sampling_distribution = hp.sampling_distribution
@@ -304,12 +306,15 @@ class MIND(SequentialRecommender):
         pos_items = interaction[self.POS_ITEM_ID]
         pos_emb = self.item_vectors(pos_items)
         user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
+        seen = self.history_mask(interaction[self.ITEM_SEQ], pos_items) if self.exclude_history else None
         if self.loss_type == "CE":
             logits = user_vec @ self.item_vectors().t()
             logits[:, 0] = float("-inf")  # the padding item is never a label
+            if seen is not None:
+                logits = logits.masked_fill(seen, float("-inf"))
             return nn.functional.cross_entropy(logits, pos_items)
         if self.loss_type == "SSM":
-            return self._sampled_softmax_loss(user_vec, pos_items, pos_emb)
+            return self._sampled_softmax_loss(user_vec, pos_items, pos_emb, seen)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
             torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)
         )
@@ -317,12 +322,33 @@ class MIND(SequentialRecommender):
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
         return self.bpr_loss(pos_score, neg_score)
 
-    def _sampled_softmax_loss(self, user_vec, pos_items, pos_emb):
-        """Sampled softmax with log-Q correction; negatives equal to a row's label are masked."""
+    def history_mask(self, item_seq, keep=None):
+        """[B, n_items] bool: True for the items in each row's behaviour sequence.
+
+        ``exclude_history`` takes these out of the training softmax and the serving scores.
+        Why (a deviation from MIND_SPEC sections 5-6, measured in results/experiments.md):
+        RecBole's full-ranking evaluation of sequential models does not remove the user's own
+        history, and a model that builds its interests from the behaviours scores those very
+        behaviours highest; retrieval (recbole_mind.retrieval) filters them in any case. ``keep``
+        (the training labels) stays unmasked, so a repeated item can still be a label.
+        """
+        seen = torch.zeros(item_seq.size(0), self.n_items, dtype=torch.bool, device=item_seq.device)
+        seen.scatter_(1, item_seq, True)
+        seen[:, 0] = False  # padding is handled by its own -inf
+        if keep is not None:
+            seen[torch.arange(item_seq.size(0), device=item_seq.device), keep] = False
+        return seen
+
+    def _sampled_softmax_loss(self, user_vec, pos_items, pos_emb, seen=None):
+        """Sampled softmax with log-Q correction; negatives equal to a row's label (or, with
+        ``exclude_history``, in its history) are masked."""
         negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
         pos_logit = (user_vec * pos_emb).sum(-1, keepdim=True) - self.sampling_log_prob[pos_items].unsqueeze(-1)
         neg_logits = user_vec @ self.item_vectors(negatives).t() - self.sampling_log_prob[negatives]
-        neg_logits = neg_logits.masked_fill(negatives.unsqueeze(0) == pos_items.unsqueeze(1), float("-inf"))
+        hits = negatives.unsqueeze(0) == pos_items.unsqueeze(1)
+        if seen is not None:
+            hits = hits | seen[:, negatives]
+        neg_logits = neg_logits.masked_fill(hits, float("-inf"))
         logits = torch.cat([pos_logit, neg_logits], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros_like(pos_items))
 
@@ -330,12 +356,20 @@ class MIND(SequentialRecommender):
     def predict(self, interaction):
         interests, interest_mask = self._interests_of(interaction)
         item_emb = self.item_vectors(interaction[self.ITEM_ID])
-        scores = torch.einsum("bkd,bd->bk", interests, item_emb)
-        return scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
+        items = interaction[self.ITEM_ID]
+        scores = torch.einsum("bkd,bd->bk", interests, self.item_vectors(items))
+        scores = scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
+        if self.exclude_history:
+            seen = (interaction[self.ITEM_SEQ] == items.unsqueeze(1)).any(dim=1)
+            scores = scores.masked_fill(seen, float("-inf"))
+        return scores
 
     def full_sort_predict(self, interaction):
         interests, interest_mask = self._interests_of(interaction)
-        return self.max_interest_scores(interests, interest_mask, self.item_vectors())
+        scores = self.max_interest_scores(interests, interest_mask, self.item_vectors())
+        if self.exclude_history:
+            scores = scores.masked_fill(self.history_mask(interaction[self.ITEM_SEQ]), float("-inf"))
+        return scores
 
     def max_interest_scores(self, interests, interest_mask, item_emb):
         """[B, N] max over active interests of v_u^j . e_i, one [B, N] matmul per interest."""

@@ -120,13 +120,15 @@ def _load_data(config):
 
 
 def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None, saved=True,
-        resume_from=None, trainer_hook=None):
+        resume_from=None, trainer_hook=None, test_history_excluded=False):
     """Train and evaluate one model; returns RecBole's result dict plus timing.
 
     ``resume_from`` names a checkpoint of an interrupted run to continue with RecBole's own
     ``Trainer.resume_checkpoint`` (model, optimiser, epoch and best score).
     ``trainer_hook(trainer, train_data, epoch_seconds)``, if given, runs just before training
     (it may restore state, and may return a ``callback_fn`` for ``Trainer.fit``).
+    ``test_history_excluded`` evaluates the test set a second time with every row's input
+    sequence removed from the ranking (:func:`history_excluded`), as ``test_result_history_excluded``.
 
     Returns:
         dict with RecBole's ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
@@ -172,6 +174,12 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
     started = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_s = time.perf_counter() - started
+    extra = {}
+    if test_history_excluded:
+        with history_excluded(trainer.model):
+            masked = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
+        extra["test_result_history_excluded"] = {k: float(v) for k, v in masked.items()}
+        logger.info(f"test result, input sequence excluded: {dict(masked)}")
 
     logger.info(f"best valid : {dict(best_valid_result)}")
     logger.info(f"test result: {dict(test_result)}")
@@ -187,7 +195,30 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "train_s_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
         "eval_s": eval_s,
         "saved_model_file": trainer.saved_model_file if saved else None,
+        **extra,
     }
+
+
+@contextlib.contextmanager
+def history_excluded(model):
+    """Within the block, ``model.full_sort_predict`` scores the items of each row's input sequence
+    (its last MAX_ITEM_LIST_LENGTH behaviours) -inf, for any RecBole sequential model.
+
+    RecBole's full ranking of sequential models keeps the user's history in the ranking (general
+    models have it removed); this gives every model of a comparison the same filter MIND's
+    ``exclude_history`` applies, so its effect can be told apart from the model's.
+    """
+    original = model.full_sort_predict
+
+    def masked(interaction):
+        scores = original(interaction).clone()
+        return scores.scatter_(1, interaction[model.ITEM_SEQ], float("-inf"))
+
+    model.full_sort_predict = masked
+    try:
+        yield model
+    finally:
+        del model.full_sort_predict  # back to the class's method
 
 
 class _NonFiniteLoss(Exception):

@@ -52,6 +52,11 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
         assert entry["learning_rate"] == max(GRID, key=lambda lr: (valid[lr], -GRID.index(lr)))
         chosen = records[model, entry["learning_rate"]]
         assert entry["test"] == chosen["result"]["test_result"]
+        # the second test evaluation, input sequences out of the ranking (the tiny data repeats
+        # items, so it differs from the first; quick_start.history_excluded has its own test)
+        masked = entry["test_history_excluded"]
+        assert masked == chosen["result"]["test_result_history_excluded"]
+        assert set(masked) == expected and masked != entry["test"]
         assert entry["best_epoch"] == 1 and entry["train_s_per_epoch"] > 0 and entry["eval_s"] > 0
         assert 50 < entry["peak_rss_mb"] < 16000
 
@@ -59,6 +64,7 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     assert "| Model | LR | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | MRR@5 | MRR@10 | Hit@5 | Hit@10 |" in md
     assert "@50" not in md and "@20" not in md
     assert "epoch budget 1" in md and "peak RSS MB" in md
+    assert "## Test set, each user's input sequence removed from the ranking" in md
     for model, entry in report["models"].items():
         prefix = f"| {model} | {entry['learning_rate']:g} |"
         row = next(line for line in md.splitlines() if line.startswith(prefix))

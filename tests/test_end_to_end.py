@@ -42,3 +42,29 @@ def test_cli_unknown_model_is_one_line(capsys):
     assert main(["--model", "NoSuchModel"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown model 'NoSuchModel': use MIND or a RecBole model name such as GRU4Rec, SASRec, SINE"]
+
+
+def test_history_excluded_masks_the_input_sequence_of_any_sequential_model(tiny_config):
+    """quick_start.history_excluded: the input sequence's items at -inf, the rest unchanged,
+    and the model's own method back afterwards."""
+    from recbole.data.interaction import Interaction
+    from recbole.model.sequential_recommender import GRU4Rec
+    from recbole.utils import init_seed
+
+    from recbole_mind.quick_start import build_config, history_excluded, prepare_data
+
+    config = build_config("GRU4Rec", "tiny", config_dict=tiny_config)
+    init_seed(config["seed"], True)
+    _, train_data, _, _ = prepare_data(config)
+    model = GRU4Rec(config, train_data._dataset).eval()
+    item_seq = torch.tensor([[3, 5, 0, 0], [7, 0, 0, 0]])
+    batch = Interaction({model.ITEM_SEQ: item_seq, model.ITEM_SEQ_LEN: torch.tensor([2, 1])})
+    with torch.no_grad():
+        plain = model.full_sort_predict(batch)
+        with history_excluded(model):
+            masked = model.full_sort_predict(batch)
+        again = model.full_sort_predict(batch)
+    torch.testing.assert_close(again, plain)
+    for row, seen in enumerate(({0, 3, 5}, {0, 7})):
+        for item in range(model.n_items):
+            assert masked[row, item] == (float("-inf") if item in seen else plain[row, item])

@@ -307,3 +307,78 @@ def test_sampled_softmax_ignores_a_negative_equal_to_the_label(tiny_config):
     model.sampling_log_prob = log_prob
     loss = model.calculate_loss(single)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- exclude_history
+
+
+def test_exclude_history_masks_exactly_the_behaviours_when_serving(tiny_config):
+    plain, _ = build(tiny_config)
+    excluding, _ = build(tiny_config, exclude_history=True)
+    excluding.load_state_dict(plain.state_dict())
+    batch = sequences(plain, [1, 3, 5, L])
+    with torch.no_grad():
+        base = plain.full_sort_predict(batch)
+        scores = excluding.full_sort_predict(batch)
+        given = excluding.predict(batch)
+    for b, row in enumerate(batch[plain.ITEM_SEQ]):
+        seen = set(row[row > 0].tolist())
+        for item in range(1, plain.n_items):
+            if item in seen:
+                assert scores[b, item] == float("-inf")
+            else:
+                assert scores[b, item] == base[b, item]
+    picked = scores[torch.arange(4), batch[plain.ITEM_ID]]
+    torch.testing.assert_close(given, picked)
+    # a label inside the history: predict agrees with full_sort_predict there too
+    batch[plain.ITEM_ID] = batch[plain.ITEM_SEQ][:, 0]
+    with torch.no_grad():
+        assert (excluding.predict(batch) == float("-inf")).all()
+
+
+def hand_ce_loss(model, batch, seed, exclude):
+    """The exact softmax, row by row: history items (but not the label) leave the denominator."""
+    torch.manual_seed(seed)
+    interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    labels = batch[model.POS_ITEM_ID]
+    items = model.item_vectors()
+    user = model.attention(interests, items[labels], mask) / model.temperature
+    losses = []
+    for b in range(len(labels)):
+        history = set(batch[model.ITEM_SEQ][b].tolist()) if exclude else set()
+        kept = [i for i in range(1, model.n_items) if i not in history or i == int(labels[b])]
+        logits = user[b] @ items[kept].t()
+        losses.append(torch.logsumexp(logits, 0) - logits[kept.index(int(labels[b]))])
+    return torch.stack(losses).mean()
+
+
+def test_exclude_history_leaves_behaviours_out_of_the_training_softmax(tiny_config):
+    model, train_data = build(tiny_config, exclude_history=True)
+    model.train()
+    batch = fixed_batch(train_data)
+    # make one label repeat a behaviour of its row: it must stay in the softmax as the target
+    batch[model.POS_ITEM_ID][0] = batch[model.ITEM_SEQ][0, 0]
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        expected = hand_ce_loss(model, batch, 3, exclude=True)
+        full = hand_ce_loss(model, batch, 3, exclude=False)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(loss, full, rtol=1e-4), "history items must leave the softmax"
+
+
+def test_exclude_history_masks_sampled_negatives_in_the_history(tiny_config):
+    model, train_data = build(tiny_config, exclude_history=True, loss_type="SSM", num_negatives=20)
+    model.train()
+    batch = fixed_batch(train_data)
+    row = Interaction({key: batch[key][:1] for key in batch.interaction})
+    behaviour = int(row[model.ITEM_SEQ][0, 0])
+    assert behaviour != int(row[model.POS_ITEM_ID][0])
+    # a proposal on a behaviour of the row and its label: every negative is in its history or
+    # an accidental hit, so only the label's logit is left
+    log_prob = torch.full_like(model.sampling_log_prob, -math.inf)
+    log_prob[behaviour] = log_prob[row[model.POS_ITEM_ID][0]] = math.log(0.5)
+    model.sampling_log_prob = log_prob
+    loss = model.calculate_loss(row)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,101 @@
+"""One MIND (or built-in) experiment: train with some overrides, append the figures to a JSONL log.
+
+Each call is one run through recbole_mind.quick_start.run (RecBole's loaders, trainer and
+evaluators), with one torch thread, so that runs started one after another are comparable. A tag
+already in the log is skipped, so a list of calls can be restarted after an interruption.
+
+Usage (from the project root):
+    python bench/mind_experiments.py --log results/experiments/ml-100k.jsonl --tag lr0.003 \
+        --dataset ml-100k learning_rate=0.003 epochs=20
+
+results/experiments.md tabulates the logs (``--table LOG`` prints the markdown rows).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr@10")
+
+
+def parse_overrides(pairs):
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: override {pair!r} is not key=value")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def done_tags(log):
+    if not log.is_file():
+        return set()
+    return {json.loads(line)["tag"] for line in log.read_text().splitlines() if line.strip()}
+
+
+def run_one(args, overrides):
+    import torch
+
+    from recbole_mind.quick_start import run
+
+    torch.set_num_threads(args.threads)
+    config_dict = {"checkpoint_dir": f"/tmp/mind_experiments/{args.tag}", "show_progress": False,
+                   **overrides}
+    started = time.time()
+    result = run(args.model, args.dataset, config_dict=config_dict)
+    return {
+        "tag": args.tag, "model": args.model, "dataset": args.dataset, "overrides": overrides,
+        "valid": result["best_valid_result"], "test": result["test_result"],
+        "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
+        "train_s_per_epoch": round(result["train_s_per_epoch"], 2), "eval_s": round(result["eval_s"], 3),
+        "wall_s": round(time.time() - started, 1), "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def table(log):
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    print("| tag | overrides | valid NDCG@10 | " + " | ".join(f"test {m}" for m in METRICS)
+          + " | best epoch / run | train s/epoch |")
+    print("|---" * (len(METRICS) + 5) + "|")
+    for r in rows:
+        overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        test = " | ".join(f"{r['test'][m]:.4f}" for m in METRICS)
+        print(f"| {r['tag']} | {overrides} | {r['valid']['ndcg@10']:.4f} | {test} | "
+              f"{r['best_epoch']} / {r['epochs_run']} | {r['train_s_per_epoch']:.1f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log", type=Path)
+    parser.add_argument("--tag")
+    parser.add_argument("--model", default="MIND")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", metavar="LOG", help="print the markdown table of a log and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    if args.table:
+        return table(args.table)
+    if not args.log or not args.tag:
+        parser.error("--log and --tag are required to run an experiment")
+    if args.tag in done_tags(args.log):
+        print(f"{args.tag}: already in {args.log}, skipped")
+        return
+    record = run_one(args, parse_overrides(args.overrides))
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: record[k] for k in ("tag", "epochs_run", "best_epoch", "train_s_per_epoch")}),
+          {m: round(record["test"][m], 4) for m in METRICS})
+
+
+if __name__ == "__main__":
+    main()
