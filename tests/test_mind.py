@@ -16,9 +16,13 @@ FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
+SPEC = {"exclude_history": False}  # the spec's ranking over all items (exclude_history: own tests)
+
+
 def build(tiny_config, **overrides):
-    """(model, train_data) on the tiny dataset; the model starts in eval mode."""
-    config = build_config("MIND", "tiny", config_dict=tiny_config | overrides)
+    """(model, train_data) on the tiny dataset; the model starts in eval mode. The spec's
+    semantics (no history exclusion) unless ``overrides`` say otherwise."""
+    config = build_config("MIND", "tiny", config_dict=tiny_config | SPEC | overrides)
     init_seed(config["seed"], True)
     _, train_data, _, _ = prepare_data(config)
     model = MIND(config, train_data._dataset)

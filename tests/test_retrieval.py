@@ -26,6 +26,9 @@ def trained(tiny_root, tmp_path_factory):
             "data_path": tiny_root, "checkpoint_dir": str(folder / "saved"), "epochs": 2,
             "train_batch_size": 64, "eval_batch_size": 64, "MAX_ITEM_LIST_LENGTH": 10,
             "embedding_size": 16, "show_progress": False, "state": "ERROR", "seed": 7, "topk": [5, 10],
+            # full_sort_predict ranks every item, so the flat index can be checked against it
+            # with and without retrieval's own history filter
+            "exclude_history": False,
         })
         config, dataset, model = retrieval.load_checkpoint(result["saved_model_file"])
     users, item_seq, item_seq_len, history = retrieval.user_histories(dataset, model.max_seq_length)
