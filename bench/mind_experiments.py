@@ -43,15 +43,23 @@ def done_tags(log):
 def run_one(args, overrides):
     import torch
 
-    from recbole_mind.quick_start import run
+    from recbole_mind.quick_start import build_config, run
 
     torch.set_num_threads(args.threads)
     config_dict = {"checkpoint_dir": f"/tmp/mind_experiments/{args.tag}", "show_progress": False,
                    **overrides}
+    resolved = None
+    if args.model == "MIND":  # every MIND key as this run used it: defaults change over time
+        from recbole_mind.mind import read_hyper_parameters
+
+        config = build_config(args.model, args.dataset, config_dict=config_dict)
+        resolved = {**vars(read_hyper_parameters(config)), "learning_rate": config["learning_rate"],
+                    "epochs": config["epochs"]}
     started = time.time()
     result = run(args.model, args.dataset, config_dict=config_dict)
     return {
         "tag": args.tag, "model": args.model, "dataset": args.dataset, "overrides": overrides,
+        "resolved": resolved,
         "valid": result["best_valid_result"], "test": result["test_result"],
         "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
         "train_s_per_epoch": round(result["train_s_per_epoch"], 2), "eval_s": round(result["eval_s"], 3),

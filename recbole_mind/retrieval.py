@@ -424,7 +424,9 @@ def add_arguments(parser):
     group.add_argument("--index", choices=INDEX_TYPES, default="flat", help="faiss index (default flat, exact)")
     group.add_argument("--output", metavar="PATH", default="recs.csv", help="recommendations CSV (default recs.csv)")
     group.add_argument("--keep_history", action="store_true",
-                       help="allow items the user already interacted with (default: removed)")
+                       help="allow items the user already interacted with (default: removed); retrieval "
+                            "scores the raw interests, so this holds even for a model trained with "
+                            "exclude_history")
     defaults = IndexParams()
     for field in fields(IndexParams):
         group.add_argument(f"--{field.name}", type=field.type, default=None,
