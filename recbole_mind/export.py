@@ -28,7 +28,9 @@ class UserTower(nn.Module):
 
     def forward(self, item_seq, item_seq_len, user_id):
         user = user_id if self.model.user_profile is not None else None
-        return self.model(item_seq, item_seq_len, user)
+        # always the table path: MIND picks its path by batch size, which would put a guard
+        # on the exported graph's dynamic batch dimension
+        return self.model(item_seq, item_seq_len, user, table=self.model.item_vectors())
 
 
 def example_inputs(model, dataset, batch_size=8):

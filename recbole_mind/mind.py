@@ -22,6 +22,7 @@ from recbole.model.loss import BPRLoss
 from recbole.utils import FeatureType
 from torch import nn
 
+from recbole_mind import softmax as chunked_softmax
 from recbole_mind.errors import UserError
 from recbole_mind.routing import B2IRouting, active_interest_count
 
@@ -268,6 +269,8 @@ class MIND(SequentialRecommender):
     def item_vectors(self, items=None):
         """e_i for the given item ids (all items when None): id embedding averaged with features."""
         if items is None:
+            if self.item_side is None:  # the table itself: no copy, and a dense gradient
+                return self.item_embedding.weight
             items = torch.arange(self.n_items, device=self.item_embedding.weight.device)
         vectors = self.item_embedding(items)
         if self.item_side is None:
@@ -282,11 +285,23 @@ class MIND(SequentialRecommender):
         positions = torch.arange(self.interest_num, device=item_seq_len.device)
         return positions.unsqueeze(0) < active.unsqueeze(1)
 
-    def forward(self, item_seq, item_seq_len, user=None, return_weights=False):
-        """Interest vectors [B, K, d] (inactive ones zero) and the active mask [B, K]."""
+    def forward(self, item_seq, item_seq_len, user=None, return_weights=False, table=None):
+        """Interest vectors [B, K, d] (inactive ones zero) and the active mask [B, K].
+
+        ``table``: all item vectors, if the caller has them (training with CE, full sort).
+        """
         seq_mask = item_seq > 0
         interest_mask = self.interest_mask(item_seq_len)
-        capsules, weights = self.routing(self.item_vectors(item_seq), seq_mask, interest_mask)
+        if table is None and self.n_items <= item_seq.numel():
+            table = self.item_vectors()
+        if table is not None:
+            # S applied to the n_items rows of the table, then gathered: the same S e_i as
+            # applying it to the B x L behaviours (profiled: the largest matmul of a step
+            # on ml-100k before), and cheaper whenever n_items < B x L.
+            projected = nn.functional.embedding(item_seq, self.routing.bilinear(table))
+            capsules, weights = self.routing.route(projected, seq_mask, interest_mask)
+        else:
+            capsules, weights = self.routing(self.item_vectors(item_seq), seq_mask, interest_mask)
         if self.user_profile is not None:
             profile, _ = self.user_profile(user)  # [B, F, d]
             profile = profile.flatten(1).unsqueeze(1).expand(-1, self.interest_num, -1)
@@ -296,23 +311,26 @@ class MIND(SequentialRecommender):
             return interests, interest_mask, weights
         return interests, interest_mask
 
-    def _interests_of(self, interaction):
+    def _interests_of(self, interaction, table=None):
         user = interaction[self.USER_ID] if self.user_profile is not None else None
-        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user)
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user, table=table)
 
     # ----------------------------------------------------------------- training
     def calculate_loss(self, interaction):
-        interests, interest_mask = self._interests_of(interaction)
+        item_seq = interaction[self.ITEM_SEQ]
+        # CE scores every item anyway: compute the table once and gather behaviours and labels
+        table = self.item_vectors() if self.loss_type == "CE" or self.n_items <= item_seq.numel() else None
+        interests, interest_mask = self._interests_of(interaction, table)
         pos_items = interaction[self.POS_ITEM_ID]
-        pos_emb = self.item_vectors(pos_items)
+        pos_emb = table[pos_items] if table is not None else self.item_vectors(pos_items)
         user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
-        seen = self.history_mask(interaction[self.ITEM_SEQ], pos_items) if self.exclude_history else None
         if self.loss_type == "CE":
-            logits = user_vec @ self.item_vectors().t()
-            logits[:, 0] = float("-inf")  # the padding item is never a label
-            if seen is not None:
-                logits = logits.masked_fill(seen, float("-inf"))
-            return nn.functional.cross_entropy(logits, pos_items)
+            # the exact softmax over all items but padding (and the history), in cache-sized
+            # chunks: the same loss and gradients as cross_entropy(user_vec @ table.T) without
+            # its [B, n_items] tensors, which made up most of a step (recbole_mind/softmax.py)
+            excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
+            return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0)
+        seen = self.history_mask(item_seq, pos_items) if self.exclude_history else None
         if self.loss_type == "SSM":
             return self._sampled_softmax_loss(user_vec, pos_items, pos_emb, seen)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
@@ -338,6 +356,13 @@ class MIND(SequentialRecommender):
         if keep is not None:
             seen[torch.arange(item_seq.size(0), device=item_seq.device), keep] = False
         return seen
+
+    @staticmethod
+    def history_pairs(item_seq, labels):
+        """(rows, items) of :meth:`history_mask`'s True entries, without building it."""
+        rows = torch.arange(item_seq.size(0), device=item_seq.device).unsqueeze(1).expand_as(item_seq)
+        keep = (item_seq > 0) & (item_seq != labels.unsqueeze(1))
+        return rows[keep], item_seq[keep]
 
     def _sampled_softmax_loss(self, user_vec, pos_items, pos_emb, seen=None):
         """Sampled softmax with log-Q correction; negatives equal to a row's label (or, with
@@ -365,8 +390,9 @@ class MIND(SequentialRecommender):
         return scores
 
     def full_sort_predict(self, interaction):
-        interests, interest_mask = self._interests_of(interaction)
-        scores = self.max_interest_scores(interests, interest_mask, self.item_vectors())
+        table = self.item_vectors()
+        interests, interest_mask = self._interests_of(interaction, table)
+        scores = self.max_interest_scores(interests, interest_mask, table)
         if self.exclude_history:
             scores = scores.masked_fill(self.history_mask(interaction[self.ITEM_SEQ]), float("-inf"))
         return scores

@@ -386,3 +386,39 @@ def test_exclude_history_masks_sampled_negatives_in_the_history(tiny_config):
     model.sampling_log_prob = log_prob
     loss = model.calculate_loss(row)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_table_projection_equals_projecting_each_behaviour(tiny_config):
+    """forward gathers S e_i from S applied to the item table when n_items <= B x L: the same
+    interests and gradients as applying S to every behaviour (the path of small batches)."""
+    model, _ = build(tiny_config, **FEATURES)
+    model.train()
+    batch = sequences(model, [1, 2, 5, 8, L, L, L, L])
+    item_seq, item_seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    assert model.n_items <= item_seq.numel(), "the batch must take the table path"
+    logits = torch.randn(item_seq.size(0), L, model.interest_num)
+
+    def interests_and_grads(via_table):
+        model.zero_grad()
+        seq_mask, interest_mask = item_seq > 0, model.interest_mask(item_seq_len)
+        if via_table:
+            projected = torch.nn.functional.embedding(item_seq, model.routing.bilinear(model.item_vectors()))
+            capsules, _ = model.routing.route(projected, seq_mask, interest_mask, logits)
+        else:
+            capsules, _ = model.routing(model.item_vectors(item_seq), seq_mask, interest_mask, logits)
+        capsules.square().sum().backward()
+        return capsules.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    table_out, table_grads = interests_and_grads(True)
+    plain_out, plain_grads = interests_and_grads(False)
+    torch.testing.assert_close(table_out, plain_out, rtol=1e-5, atol=1e-6)
+    assert len(table_grads) == len(plain_grads) > 0
+    for a, b in zip(table_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # and forward takes that path by itself in both cases
+    model.eval()
+    with torch.no_grad():
+        whole, _ = model.forward(item_seq, item_seq_len, batch[model.USER_ID])
+        rows = [model.forward(item_seq[i:i + 1], item_seq_len[i:i + 1], batch[model.USER_ID][i:i + 1])[0]
+                for i in range(item_seq.size(0))]  # 1 x L < n_items: per behaviour
+    torch.testing.assert_close(whole, torch.cat(rows), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,66 @@
+"""Where a training epoch's time goes: RecBole's data loader vs the model's step, and the top ops.
+
+Builds the dataset and model the way ``run_recbole_mind.py`` does, then times ``--batches``
+training batches (loader, forward + loss, backward, optimiser step) with one torch thread and
+prints torch.profiler's table of the most expensive ops.
+
+Usage (from the project root):
+    python bench/profile_train.py --dataset amazon-videogames data_path=../shared/data
+    python bench/profile_train.py --model GRU4Rec --dataset ml-100k
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mind_experiments import parse_overrides  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="MIND")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+
+    import torch
+    from recbole.utils import init_seed
+    from torch.profiler import ProfilerActivity, profile
+
+    from recbole_mind.quick_start import build_config, prepare_data, resolve_model
+
+    torch.set_num_threads(args.threads)
+    config = build_config(args.model, args.dataset, config_dict=parse_overrides(args.overrides))
+    init_seed(config["seed"], config["reproducibility"])
+    _, train_data, _, _ = prepare_data(config)
+    model = resolve_model(args.model)(config, train_data._dataset)
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+
+    loader_s, step_s, batches = 0.0, 0.0, iter(train_data)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.batches):
+            started = time.perf_counter()
+            batch = next(batches)
+            loaded = time.perf_counter()
+            optimiser.zero_grad()
+            loss = model.calculate_loss(batch)
+            loss.backward()
+            optimiser.step()
+            step_s += time.perf_counter() - loaded
+            loader_s += loaded - started
+    per_epoch = len(train_data)
+    print(f"{args.model} on {args.dataset}: {per_epoch} batches of {config['train_batch_size']} per epoch; "
+          f"per batch: loader {loader_s / args.batches:.3f} s, model step {step_s / args.batches:.3f} s "
+          f"(profiler on); epoch estimate {per_epoch * (loader_s + step_s) / args.batches:.1f} s")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
