@@ -193,6 +193,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "epochs_run": len(epoch_seconds),
         "best_epoch": _best_epoch(trainer, len(epoch_seconds), config["eval_step"] or 1),
         "train_s_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
+        "epoch_seconds": [round(s, 3) for s in epoch_seconds],
         "eval_s": eval_s,
         "saved_model_file": trainer.saved_model_file if saved else None,
         **extra,

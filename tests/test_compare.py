@@ -58,6 +58,8 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
         assert masked == chosen["result"]["test_result_history_excluded"]
         assert set(masked) == expected and (masked == entry["test"]) == (model == "MIND")
         assert entry["best_epoch"] == 1 and entry["train_s_per_epoch"] > 0 and entry["eval_s"] > 0
+        assert chosen["result"]["epoch_seconds"] and entry["train_s_per_epoch_min"] == min(
+            chosen["result"]["epoch_seconds"])
         assert 50 < entry["peak_rss_mb"] < 16000
 
     md = (results / "tiny.md").read_text()
@@ -143,3 +145,20 @@ def test_time_budget_pauses_and_the_same_command_resumes_exactly(tiny_root, tmp_
     assert two["result"]["epochs_run"] == 2
     for key in ("test_result", "best_valid_result", "best_valid_score", "best_epoch"):
         assert two["result"][key] == one["result"][key], key
+
+
+def test_epoch_seconds_of_an_older_record_come_from_its_log(tmp_path):
+    """Records written before they kept epoch_seconds: the last RecBole epoch line per epoch
+    (a resumed run repeats the epoch it was cut in) from the log beside the record."""
+    from recbole_mind.compare import epoch_seconds
+
+    (tmp_path / "GRU4Rec_lr0.001.log").write_text(
+        "22 Nov 16:56    INFO  epoch 0 training [time: 39.02s, train loss: 343.1847]\n"
+        "22 Nov 16:57    INFO  epoch 1 training [time: 50.00s, train loss: 320.7724]\n"
+        "continuing from the state saved after epoch 0\n"
+        "22 Nov 17:20    INFO  epoch 1 training [time: 38.92s, train loss: 320.7724]\n"
+        "22 Nov 17:21    INFO  epoch 2 training [time: 41.50s, train loss: 310.0]\n")
+    record = {"model": "GRU4Rec", "learning_rate": 0.001, "result": {"epochs_run": 3}}
+    assert epoch_seconds(record, tmp_path) == [39.02, 38.92, 41.5]
+    record["result"]["epoch_seconds"] = [1.0, 2.0]
+    assert epoch_seconds(record, tmp_path) == [1.0, 2.0]
