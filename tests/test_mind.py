@@ -422,3 +422,21 @@ def test_table_projection_equals_projecting_each_behaviour(tiny_config):
         rows = [model.forward(item_seq[i:i + 1], item_seq_len[i:i + 1], batch[model.USER_ID][i:i + 1])[0]
                 for i in range(item_seq.size(0))]  # 1 x L < n_items: per behaviour
     torch.testing.assert_close(whole, torch.cat(rows), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_items", [7, 512])
+def test_max_interest_scores_sorted_and_chunked_equals_the_naive_max(chunk_items):
+    """The serving max: rows sorted by their active count, items in chunks (7 does not divide
+    the 40 items), against a row-by-row max; and a mask that is not a prefix takes the general
+    path with the same meaning."""
+    model = MIND.__new__(MIND)  # max_interest_scores reads nothing from the model
+    generator = torch.Generator().manual_seed(chunk_items)
+    interests = torch.randn(33, 4, 6, generator=generator, dtype=torch.float64)
+    items = torch.randn(40, 6, generator=generator, dtype=torch.float64)
+    active = torch.randint(1, 5, (33,), generator=generator)
+    mask = torch.arange(4).unsqueeze(0) < active.unsqueeze(1)
+    scores = MIND.max_interest_scores(model, interests, mask, items, chunk_items=chunk_items)
+    torch.testing.assert_close(scores, naive_max_scores(interests, active, items))
+    scattered = mask.flip(1)  # active interests last: not a prefix
+    expected = torch.stack([(interests[b, scattered[b]] @ items.t()).amax(0) for b in range(33)])
+    torch.testing.assert_close(MIND.max_interest_scores(model, interests, scattered, items), expected)
