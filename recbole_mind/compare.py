@@ -50,6 +50,10 @@ PROTOCOL_KEYS = (
     "loss_type", "train_neg_sample_args", "epochs", "stopping_step", "eval_step", "valid_metric",
     "metrics", "topk", "eval_args", "train_batch_size", "eval_batch_size", "device",
 )
+# MIND's own resolved hyper-parameters go in its protocol under this key: a stored MIND run is
+# not reused after MIND.yaml's defaults or a --config_files file change them. Not compared across
+# models; records written before it existed are accepted without it.
+MODEL_SETTINGS = "model_settings"
 # Overrides that change where files go or how much is printed, not what is measured.
 NOT_PROTOCOL = {"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id"}
 METRIC_ORDER = ("recall", "ndcg", "mrr", "hit")
@@ -117,7 +121,8 @@ def main(args, overrides):
         raise SystemExit(PAUSED_EXIT)
     if args.no_report:
         return None
-    report = build_report(dataset, models, lr_grid, records, protocols[models[0]],
+    shared = {k: v for k, v in protocols[models[0]].items() if k != MODEL_SETTINGS}
+    report = build_report(dataset, models, lr_grid, records, shared,
                           command=command_line(models, dataset, args, overrides), runs_dir=runs_dir)
     paths = write_report(report, results_dir)
     print(format_table(report))
@@ -143,15 +148,28 @@ def _unique(values):
 
 
 def protocol_of(model, dataset, config_files, config_dict, overrides):
-    """The protocol settings of ``model``'s run, as RecBole's Config resolves them."""
-    from recbole_mind.quick_start import build_config
+    """The protocol settings of ``model``'s run, as RecBole's Config resolves them (for MIND
+    also its own hyper-parameters, under MODEL_SETTINGS)."""
+    from recbole_mind.mind import read_hyper_parameters
+    from recbole_mind.quick_start import PLUGIN_MODELS, build_config
 
     config = build_config(model, dataset, config_files, config_dict)
     keys = list(PROTOCOL_KEYS) + sorted(k for k in overrides if k not in NOT_PROTOCOL
                                        and k not in PROTOCOL_KEYS)
     protocol = {"dataset": dataset}
     protocol.update({key: config[key] for key in keys})
+    if model in PLUGIN_MODELS:
+        protocol[MODEL_SETTINGS] = vars(read_hyper_parameters(config))
     return _plain(protocol)
+
+
+def same_protocol(stored, fresh):
+    """Whether a stored run's protocol is ``fresh``; one stored without MODEL_SETTINGS (older
+    records) is judged on the rest."""
+    stored = dict(stored or {})
+    if MODEL_SETTINGS not in stored:
+        fresh = {k: v for k, v in fresh.items() if k != MODEL_SETTINGS}
+    return stored == fresh
 
 
 def _plain(value):
@@ -164,7 +182,7 @@ def _check_same_protocol(protocols):
     first = protocols[models[0]]
     for model in models[1:]:
         for key in first:
-            if protocols[model].get(key) != first[key]:
+            if key != MODEL_SETTINGS and protocols[model].get(key) != first[key]:
                 raise UserError(f"{model} and {models[0]} would run with different {key} "
                                 f"({protocols[model].get(key)!r} vs {first[key]!r}): set it for "
                                 f"all models, e.g. --{key}=...")
@@ -265,7 +283,7 @@ def load_run(path, protocol):
         return None
     with open(path, encoding="utf-8") as f:
         record = json.load(f)
-    if record.get("protocol") != protocol:
+    if not same_protocol(record.get("protocol"), protocol):
         changed = sorted(k for k in set(protocol) | set(record.get("protocol") or {})
                          if (record.get("protocol") or {}).get(k) != protocol.get(k))
         raise UserError(f"{path} was trained under another protocol (differs in "
@@ -402,7 +420,7 @@ class RunState:
 
     def check(self, protocol):
         stored = self.progress()
-        if stored and stored.get("protocol") != protocol:
+        if stored and not same_protocol(stored.get("protocol"), protocol):
             raise UserError(f"{self.json} belongs to a run under another protocol: give --rerun to "
                             "start it again, or another --results_dir")
 
@@ -578,6 +596,8 @@ def build_report(dataset, models, lr_grid, records, protocol, command, runs_dir=
             "learning_rate": chosen["learning_rate"],
             "lr_grid_valid": {f"{run['learning_rate']:g}": run["result"]["best_valid_score"]
                               for run in runs},
+            # MIND's own hyper-parameters as the run used them (None for RecBole's models)
+            MODEL_SETTINGS: (chosen.get("protocol") or {}).get(MODEL_SETTINGS),
         }
     return {
         "dataset": dataset,

@@ -85,6 +85,14 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     # A stored run made under another protocol is refused, not silently reused.
     assert cli.main(compare_argv(tiny_root, results, "--stopping_step=3")) == 2
     assert "another protocol" in capsys.readouterr().err
+    # So is a MIND run after MIND's own settings changed without an override (a config file
+    # here; a new MIND.yaml default the same way); the report says which settings it used.
+    assert report["models"]["MIND"]["model_settings"]["routing_init_std"] == 0.1
+    assert report["models"]["GRU4Rec"]["model_settings"] is None
+    settings = tmp_path / "wider_routing.yaml"
+    settings.write_text("routing_init_std: 0.5\n")
+    assert cli.main(compare_argv(tiny_root, results, "--config_files", str(settings))) == 2
+    assert "differs in model_settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["abc", "0.001,-1", "", "nan"])
