@@ -28,6 +28,7 @@ from recbole_mind.routing import B2IRouting, active_interest_count
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
+SOFTMAX_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # None: the model's own dtype
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -155,6 +156,7 @@ def read_hyper_parameters(config):
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
         exclude_history=param("exclude_history", boolean),
+        softmax_dtype=param("softmax_dtype", str),
         loss_type=param("loss_type", str),
         num_negatives=param("num_negatives", int),
         sampling_distribution=param("sampling_distribution", str),
@@ -182,6 +184,8 @@ def read_hyper_parameters(config):
         problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}")
     if hp.loss_type == "SSM" and hp.num_negatives < 1:
         problems.append(f"num_negatives must be >= 1 with loss_type SSM, got {hp.num_negatives}")
+    if hp.softmax_dtype not in SOFTMAX_DTYPES:
+        problems.append(f"softmax_dtype must be float32 or bfloat16, got {hp.softmax_dtype!r}")
     if hp.sampling_distribution not in SAMPLING_DISTRIBUTIONS:
         problems.append(f"sampling_distribution must be uniform or popularity, got {hp.sampling_distribution!r}")
     if problems:
@@ -207,6 +211,7 @@ class MIND(SequentialRecommender):
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
         self.exclude_history = hp.exclude_history
+        self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
         self.sampling_distribution = hp.sampling_distribution
@@ -329,7 +334,8 @@ class MIND(SequentialRecommender):
             # chunks: the same loss and gradients as cross_entropy(user_vec @ table.T) without
             # its [B, n_items] tensors, which made up most of a step (recbole_mind/softmax.py)
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
-            return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0)
+            return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
+                                                 matmul_dtype=self.softmax_matmul_dtype)
         seen = self.history_mask(item_seq, pos_items) if self.exclude_history else None
         if self.loss_type == "SSM":
             return self._sampled_softmax_loss(user_vec, pos_items, pos_emb, seen)

@@ -33,8 +33,8 @@ class _Exclusions:
             logits[self.rows[lo:hi], self.items[lo:hi] - start] = float("-inf")
 
 
-def _chunk_logits(user, table, start, stop, excluded, padding_idx):
-    logits = user @ table[start:stop].t()
+def _chunk_logits(user, table, start, stop, excluded, padding_idx, dtype):
+    logits = (user @ table[start:stop].t()).to(dtype)
     if excluded is not None:
         excluded.apply(logits, start, stop)
     if padding_idx is not None and start <= padding_idx < stop:
@@ -44,39 +44,50 @@ def _chunk_logits(user, table, start, stop, excluded, padding_idx):
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, user, table, labels, excluded, padding_idx, chunk):
+    def forward(ctx, user, table, labels, excluded, padding_idx, chunk, matmul_dtype):
         rows, n_items = user.size(0), table.size(0)
+        user_m, table_m = user.to(matmul_dtype), table.to(matmul_dtype)
         lse = torch.full((rows,), float("-inf"), dtype=user.dtype, device=user.device)
         for start in range(0, n_items, chunk):
-            logits = _chunk_logits(user, table, start, min(start + chunk, n_items), excluded, padding_idx)
+            logits = _chunk_logits(user_m, table_m, start, min(start + chunk, n_items), excluded,
+                                   padding_idx, user.dtype)
             lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
-        target = (user * table[labels]).sum(dim=1)
+        # the label's logit as the softmax saw it (the same rounding)
+        target = (user_m * table_m[labels]).to(user.dtype).sum(dim=1)
         ctx.save_for_backward(user, table, labels, lse)
-        ctx.excluded, ctx.padding_idx, ctx.chunk = excluded, padding_idx, chunk
+        ctx.excluded, ctx.padding_idx, ctx.chunk, ctx.matmul_dtype = excluded, padding_idx, chunk, matmul_dtype
         return (lse - target).mean()
 
     @staticmethod
     def backward(ctx, grad_output):
         user, table, labels, lse = ctx.saved_tensors
         rows, n_items = user.size(0), table.size(0)
+        dtype = ctx.matmul_dtype
+        user_m, table_m = user.to(dtype), table.to(dtype)
         scale = grad_output / rows
         grad_user = torch.zeros_like(user)
         grad_table = torch.zeros_like(table)
         for start in range(0, n_items, ctx.chunk):
             stop = min(start + ctx.chunk, n_items)
             # softmax of the chunk (excluded items: exp(-inf) = 0), times d loss / d logit
-            logits = _chunk_logits(user, table, start, stop, ctx.excluded, ctx.padding_idx)
+            logits = _chunk_logits(user_m, table_m, start, stop, ctx.excluded, ctx.padding_idx, user.dtype)
             probs = (logits - lse.unsqueeze(1)).exp_()
             probs.mul_(scale)
-            grad_user.addmm_(probs, table[start:stop])
-            grad_table[start:stop].addmm_(probs.t(), user)
+            if dtype == user.dtype:
+                grad_user.addmm_(probs, table[start:stop])
+                grad_table[start:stop].addmm_(probs.t(), user)
+            else:  # products in the low precision, sums kept in the gradients' own dtype
+                probs_m = probs.to(dtype)
+                grad_user += probs_m @ table_m[start:stop]
+                grad_table[start:stop] += probs_m.t() @ user_m
         # minus the one-hot of each label
         grad_user.sub_(scale * table[labels])
         grad_table.index_add_(0, labels, -scale * user)
-        return grad_user, grad_table, None, None, None, None
+        return grad_user, grad_table, None, None, None, None, None
 
 
-def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_bytes=DEFAULT_CHUNK_BYTES):
+def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_bytes=DEFAULT_CHUNK_BYTES,
+                  matmul_dtype=None):
     """mean over rows of -log softmax(user @ table.T)[label], items in ``excluded`` left out.
 
     Args:
@@ -87,8 +98,12 @@ def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_by
             out of row rows[k]'s softmax (repeats allowed).
         padding_idx: optional item left out of every row (RecBole's padding item 0).
         chunk_bytes: the size of one chunk of logits.
+        matmul_dtype: the dtype of the three matmuls (default: the inputs'); ``torch.bfloat16``
+            roughly halves their time on CPUs with bf16 units, at bf16's ~3 significant digits
+            in each logit (the log-sum-exp and the gradients' sums stay in float32).
     """
     chunk = _chunk_size(user.size(0), chunk_bytes)
     if excluded is not None:
         excluded = _Exclusions(*excluded)
-    return _ChunkedCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk)
+    return _ChunkedCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk,
+                                      matmul_dtype or user.dtype)

@@ -52,3 +52,31 @@ def test_the_chunks_really_split_the_table():
 
     assert _chunk_size(16, 64 * 4 * 16) == 64 and -(-1001 // 64) == 16
     assert _chunk_size(2048, 4 << 20) == 512
+
+
+def test_bfloat16_matmuls_stay_close_to_float32_and_are_used():
+    generator = torch.Generator().manual_seed(3)
+    user = torch.randn(32, 16, generator=generator).requires_grad_()
+    table = torch.randn(300, 16, generator=generator).requires_grad_()
+    labels = torch.randint(1, 300, (32,), generator=generator)
+    results = []
+    for dtype in (None, torch.bfloat16):
+        user.grad = table.grad = None
+        loss = cross_entropy(user, table, labels, padding_idx=0, chunk_bytes=64 * 4 * 32, matmul_dtype=dtype)
+        loss.backward()
+        assert loss.dtype == torch.float32 and user.grad.dtype == table.grad.dtype == torch.float32
+        results.append((loss.detach(), user.grad.clone(), table.grad.clone()))
+    (loss32, user32, table32), (loss16, user16, table16) = results
+    assert loss16 != loss32  # the bf16 path really ran
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
+    for got, expected in ((user16, user32), (table16, table32)):
+        assert (got - expected).norm() < 0.02 * expected.norm()
+
+
+def test_mind_rejects_an_unknown_softmax_dtype(tiny_config):
+    from recbole_mind.errors import UserError
+    from recbole_mind.mind import read_hyper_parameters
+    from recbole_mind.quick_start import build_config
+
+    with pytest.raises(UserError, match="softmax_dtype must be float32 or bfloat16"):
+        read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": "float16"}))
