@@ -40,6 +40,19 @@ def properties_dir():
     return Path(__file__).resolve().parent / "properties"  # installed wheel
 
 
+def exclude_input_sequence(scores, item_seq):
+    """``scores`` [B, n_items] with the items of each row's input sequence (and the padding item
+    0) set to -inf, in place; returns ``scores``.
+
+    Why MIND's ``exclude_history`` does this (a deviation from MIND_SPEC sections 5-6, measured
+    in results/experiments.md): RecBole's full ranking of sequential models leaves the user's
+    own history in the ranking, and a model that builds its interests from the behaviours scores
+    those very behaviours highest; retrieval (recbole_mind.retrieval) filters them in any case.
+    ``quick_start.history_excluded`` applies the same filter to any model, for comparisons.
+    """
+    return scores.scatter_(1, item_seq, float("-inf"))
+
+
 def default_config():
     """MIND's defaults, as listed in properties/MIND.yaml."""
     with open(properties_dir() / "MIND.yaml", encoding="utf-8") as f:
@@ -336,9 +349,9 @@ class MIND(SequentialRecommender):
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
             return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
                                                  matmul_dtype=self.softmax_matmul_dtype)
-        seen = self.history_mask(item_seq, pos_items) if self.exclude_history else None
         if self.loss_type == "SSM":
-            return self._sampled_softmax_loss(user_vec, pos_items, pos_emb, seen)
+            return self._sampled_softmax_loss(user_vec, pos_items, pos_emb,
+                                              item_seq if self.exclude_history else None)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
             torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)
         )
@@ -346,39 +359,29 @@ class MIND(SequentialRecommender):
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
         return self.bpr_loss(pos_score, neg_score)
 
-    def history_mask(self, item_seq, keep=None):
-        """[B, n_items] bool: True for the items in each row's behaviour sequence.
-
-        ``exclude_history`` takes these out of the training softmax and the serving scores.
-        Why (a deviation from MIND_SPEC sections 5-6, measured in results/experiments.md):
-        RecBole's full-ranking evaluation of sequential models does not remove the user's own
-        history, and a model that builds its interests from the behaviours scores those very
-        behaviours highest; retrieval (recbole_mind.retrieval) filters them in any case. ``keep``
-        (the training labels) stays unmasked, so a repeated item can still be a label.
-        """
-        seen = torch.zeros(item_seq.size(0), self.n_items, dtype=torch.bool, device=item_seq.device)
-        seen.scatter_(1, item_seq, True)
-        seen[:, 0] = False  # padding is handled by its own -inf
-        if keep is not None:
-            seen[torch.arange(item_seq.size(0), device=item_seq.device), keep] = False
-        return seen
-
     @staticmethod
     def history_pairs(item_seq, labels):
-        """(rows, items) of :meth:`history_mask`'s True entries, without building it."""
+        """(rows, items): each row's input-sequence items but its own label (a repeated item may
+        still be the label), for ``exclude_history`` in the training softmax (see
+        :func:`exclude_input_sequence` for why)."""
         rows = torch.arange(item_seq.size(0), device=item_seq.device).unsqueeze(1).expand_as(item_seq)
         keep = (item_seq > 0) & (item_seq != labels.unsqueeze(1))
         return rows[keep], item_seq[keep]
 
-    def _sampled_softmax_loss(self, user_vec, pos_items, pos_emb, seen=None):
-        """Sampled softmax with log-Q correction; negatives equal to a row's label (or, with
-        ``exclude_history``, in its history) are masked."""
+    def _sampled_softmax_loss(self, user_vec, pos_items, pos_emb, item_seq=None):
+        """Sampled softmax with log-Q correction; negatives equal to a row's label (or, given
+        ``item_seq`` for ``exclude_history``, in its input sequence) are masked."""
         negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
         pos_logit = (user_vec * pos_emb).sum(-1, keepdim=True) - self.sampling_log_prob[pos_items].unsqueeze(-1)
         neg_logits = user_vec @ self.item_vectors(negatives).t() - self.sampling_log_prob[negatives]
         hits = negatives.unsqueeze(0) == pos_items.unsqueeze(1)
-        if seen is not None:
-            hits = hits | seen[:, negatives]
+        if item_seq is not None:
+            # each negative looked up in the row's sorted sequence: [B, M], no [B, n_items] mask
+            # (SSM is for catalogues too large for one)
+            ordered = item_seq.sort(dim=1).values
+            negs = negatives.unsqueeze(0).expand(item_seq.size(0), -1).contiguous()
+            found = torch.searchsorted(ordered, negs).clamp(max=item_seq.size(1) - 1)
+            hits = hits | (ordered.gather(1, found) == negs)
         neg_logits = neg_logits.masked_fill(hits, float("-inf"))
         logits = torch.cat([pos_logit, neg_logits], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros_like(pos_items))
@@ -386,7 +389,6 @@ class MIND(SequentialRecommender):
     # ----------------------------------------------------------------- serving
     def predict(self, interaction):
         interests, interest_mask = self._interests_of(interaction)
-        item_emb = self.item_vectors(interaction[self.ITEM_ID])
         items = interaction[self.ITEM_ID]
         scores = torch.einsum("bkd,bd->bk", interests, self.item_vectors(items))
         scores = scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
@@ -400,7 +402,7 @@ class MIND(SequentialRecommender):
         interests, interest_mask = self._interests_of(interaction, table)
         scores = self.max_interest_scores(interests, interest_mask, table)
         if self.exclude_history:
-            scores = scores.masked_fill(self.history_mask(interaction[self.ITEM_SEQ]), float("-inf"))
+            exclude_input_sequence(scores, interaction[self.ITEM_SEQ])
         return scores
 
     def max_interest_scores(self, interests, interest_mask, item_emb, chunk_items=512):

@@ -25,7 +25,7 @@ from recbole_mind.checkpoint import check_matches, load_checkpoint  # noqa: E402
 from recbole_mind.checks import check_config_files, check_dataset_files, check_run_config  # noqa: E402
 from recbole_mind.download import ensure_dataset  # noqa: E402
 from recbole_mind.errors import UserError  # noqa: E402
-from recbole_mind.mind import MIND, properties_dir, read_hyper_parameters  # noqa: E402
+from recbole_mind.mind import MIND, exclude_input_sequence, properties_dir, read_hyper_parameters  # noqa: E402
 
 DEFAULT_DATASET = "ml-100k"  # ships inside the recbole package: no download
 PLUGIN_MODELS = {"MIND": MIND}
@@ -211,9 +211,8 @@ def history_excluded(model):
     """
     original = model.full_sort_predict
 
-    def masked(interaction):
-        scores = original(interaction).clone()
-        return scores.scatter_(1, interaction[model.ITEM_SEQ], float("-inf"))
+    def masked(interaction):  # a copy: the model's own scores are not ours to change
+        return exclude_input_sequence(original(interaction).clone(), interaction[model.ITEM_SEQ])
 
     model.full_sort_predict = masked
     try:
