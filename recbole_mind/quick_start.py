@@ -156,7 +156,8 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
 
     epoch_seconds = []
     callback_fn = trainer_hook(trainer, train_data, epoch_seconds) if trainer_hook else None
-    _time_epochs(trainer, epoch_seconds)
+    last_epoch = [trainer.start_epoch - 1]  # 0-based index of the last epoch trained
+    _time_epochs(trainer, epoch_seconds, last_epoch)
     _save_checkpoints_atomically(trainer)
     _stop_on_non_finite_loss(trainer)
     try:
@@ -191,7 +192,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "best_valid_result": {k: float(v) for k, v in best_valid_result.items()},
         "test_result": {k: float(v) for k, v in test_result.items()},
         "epochs_run": len(epoch_seconds),
-        "best_epoch": _best_epoch(trainer, len(epoch_seconds), config["eval_step"] or 1),
+        "best_epoch": _best_epoch(trainer, last_epoch[0] + 1, config["eval_step"] or 1),
         "train_s_per_epoch": sum(epoch_seconds) / max(len(epoch_seconds), 1),
         "epoch_seconds": [round(s, 3) for s in epoch_seconds],
         "eval_s": eval_s,
@@ -248,21 +249,23 @@ def _save_checkpoints_atomically(trainer):
     trainer._save_checkpoint = atomic
 
 
-def _time_epochs(trainer, sink):
-    """Record the wall time of each training epoch (RecBole only logs it)."""
+def _time_epochs(trainer, sink, last_epoch):
+    """Record the wall time of each training epoch (RecBole only logs it), and in
+    ``last_epoch[0]`` the index of the last one trained."""
     train_epoch = trainer._train_epoch
 
-    def timed(*args, **kwargs):
+    def timed(train_data, epoch_idx, *args, **kwargs):
         started = time.perf_counter()
-        result = train_epoch(*args, **kwargs)
+        result = train_epoch(train_data, epoch_idx, *args, **kwargs)
         sink.append(time.perf_counter() - started)
+        last_epoch[0] = epoch_idx
         return result
 
     trainer._train_epoch = timed
 
 
-def _best_epoch(trainer, epochs_run, eval_step):
-    """1-based epoch of the best validation: RecBole's stopping counter counts evaluations
-    since the best one (cur_step), each eval_step epochs apart. After ``--resume`` it counts
-    from the resumed epoch (compare's own resume pre-fills the epoch list instead)."""
-    return max(epochs_run - trainer.cur_step * eval_step, 0) if epochs_run else None
+def _best_epoch(trainer, epochs_done, eval_step):
+    """1-based epoch of the best validation, counted from the run's first epoch (also after
+    ``--resume``): RecBole's stopping counter counts evaluations since the best one
+    (cur_step), each eval_step epochs apart, back from the last epoch done."""
+    return max(epochs_done - trainer.cur_step * eval_step, 0) if epochs_done else None

@@ -149,6 +149,11 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_config):
     saved_epoch = load_checkpoint(first["saved_model_file"])["epoch"]  # RecBole saves the best epoch
     resumed = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 4}, resume_from=first["saved_model_file"])
     assert resumed["epochs_run"] == 4 - (saved_epoch + 1)  # only the epochs after the checkpoint
+    # the best epoch counts from the run's start, not from the resumed epoch: RecBole stores
+    # the 0-based best epoch in each best checkpoint
+    best_file = resumed["saved_model_file"]
+    best = load_checkpoint(best_file)["epoch"] if os.path.isfile(best_file) else saved_epoch
+    assert resumed["best_epoch"] == best + 1
 
 
 def test_same_seed_same_metrics(tiny_config):
