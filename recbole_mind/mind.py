@@ -29,7 +29,29 @@ from recbole_mind.routing import B2IRouting, active_interest_count
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
 SOFTMAX_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # None: the model's own dtype
+SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
+
+
+def native_bf16_matmul(device):
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU with bf16 support,
+    or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates bf16 and it is no faster)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence getattr
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def resolve_softmax_dtype(name, device):
+    """``softmax_dtype`` as the model uses it: ``auto`` becomes bfloat16 where the hardware has
+    bf16 matmuls (same quality as float32 on amazon-videogames, ~30% faster epochs:
+    results/experiments.md), float32 elsewhere."""
+    if name != "auto":
+        return name
+    return "bfloat16" if native_bf16_matmul(device) else "float32"
 
 
 def properties_dir():
@@ -197,8 +219,10 @@ def read_hyper_parameters(config):
         problems.append(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}")
     if hp.loss_type == "SSM" and hp.num_negatives < 1:
         problems.append(f"num_negatives must be >= 1 with loss_type SSM, got {hp.num_negatives}")
-    if hp.softmax_dtype not in SOFTMAX_DTYPES:
-        problems.append(f"softmax_dtype must be float32 or bfloat16, got {hp.softmax_dtype!r}")
+    if hp.softmax_dtype not in SOFTMAX_DTYPE_CHOICES:
+        problems.append(f"softmax_dtype must be auto, float32 or bfloat16, got {hp.softmax_dtype!r}")
+    else:  # resolved here, so a run's record (and --compare's protocol) names what was used
+        hp.softmax_dtype = resolve_softmax_dtype(hp.softmax_dtype, config["device"] if "device" in config else "cpu")
     if hp.sampling_distribution not in SAMPLING_DISTRIBUTIONS:
         problems.append(f"sampling_distribution must be uniform or popularity, got {hp.sampling_distribution!r}")
     if problems:

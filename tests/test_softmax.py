@@ -78,5 +78,27 @@ def test_mind_rejects_an_unknown_softmax_dtype(tiny_config):
     from recbole_mind.mind import read_hyper_parameters
     from recbole_mind.quick_start import build_config
 
-    with pytest.raises(UserError, match="softmax_dtype must be float32 or bfloat16"):
+    with pytest.raises(UserError, match="softmax_dtype must be auto, float32 or bfloat16"):
         read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": "float16"}))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_softmax_dtype_follows_the_hardware(tiny_config, monkeypatch, native):
+    from recbole_mind import mind
+    from recbole_mind.quick_start import build_config
+
+    monkeypatch.setattr(mind, "native_bf16_matmul", lambda device: native)
+    config = build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": "auto"})
+    assert mind.read_hyper_parameters(config).softmax_dtype == ("bfloat16" if native else "float32")
+    for explicit in ("float32", "bfloat16"):  # an explicit choice is never overridden
+        config = build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": explicit})
+        assert mind.read_hyper_parameters(config).softmax_dtype == explicit
+
+
+def test_native_bf16_probe_answers_for_this_machine():
+    import torch
+
+    from recbole_mind.mind import native_bf16_matmul
+
+    assert native_bf16_matmul("cpu") in (True, False)
+    assert native_bf16_matmul(torch.device("meta")) is False
