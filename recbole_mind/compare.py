@@ -51,8 +51,8 @@ PROTOCOL_KEYS = (
     "metrics", "topk", "eval_args", "train_batch_size", "eval_batch_size", "device",
 )
 # MIND's own resolved hyper-parameters go in its protocol under this key: a stored MIND run is
-# not reused after MIND.yaml's defaults or a --config_files file change them. Not compared across
-# models; records written before it existed are accepted without it.
+# not reused after MIND.yaml's defaults or a --config_files file change them, nor when it lacks
+# them. Not compared across models.
 MODEL_SETTINGS = "model_settings"
 # Overrides that change where files go or how much is printed, not what is measured.
 NOT_PROTOCOL = {"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id"}
@@ -164,12 +164,10 @@ def protocol_of(model, dataset, config_files, config_dict, overrides):
 
 
 def same_protocol(stored, fresh):
-    """Whether a stored run's protocol is ``fresh``; one stored without MODEL_SETTINGS (older
-    records) is judged on the rest."""
-    stored = dict(stored or {})
-    if MODEL_SETTINGS not in stored:
-        fresh = {k: v for k, v in fresh.items() if k != MODEL_SETTINGS}
-    return stored == fresh
+    """Whether a stored run's protocol is ``fresh``. Strict: a MIND record written before its
+    settings were kept (session 2) is refused too, since it cannot show which defaults it ran
+    with (session 3's softmax_dtype default would otherwise have reused float32 runs)."""
+    return dict(stored or {}) == fresh
 
 
 def _plain(value):

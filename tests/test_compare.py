@@ -93,6 +93,12 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     settings.write_text("routing_init_std: 0.5\n")
     assert cli.main(compare_argv(tiny_root, results, "--config_files", str(settings))) == 2
     assert "differs in model_settings" in capsys.readouterr().err
+    # A MIND record that does not say which settings it ran with is refused as well.
+    record = json.loads(run_files[("MIND", 0.001)].read_text())
+    del record["protocol"]["model_settings"]
+    run_files[("MIND", 0.001)].write_text(json.dumps(record))
+    assert cli.main(compare_argv(tiny_root, results)) == 2
+    assert "differs in model_settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["abc", "0.001,-1", "", "nan"])
