@@ -185,6 +185,7 @@ def read_hyper_parameters(config):
         dynamic_interest=param("dynamic_interest", boolean),
         routing_iterations=param("routing_iterations", int),
         routing_init_std=param("routing_init_std", float),
+        routing_init=param("routing_init", str),
         routing_softmax_axis=param("routing_softmax_axis", str),
         routing_seed=param("routing_seed", int),
         hidden_layers=param("hidden_layers", int),
@@ -211,6 +212,8 @@ def read_hyper_parameters(config):
         problems.append(f"hidden_layers must be >= 0, and >= 1 with user_features, got {hp.hidden_layers}")
     if not hp.routing_init_std > 0:
         problems.append(f"routing_init_std must be > 0, got {hp.routing_init_std}")
+    if hp.routing_init not in ("random", "seeded"):
+        problems.append(f"routing_init must be random or seeded, got {hp.routing_init!r}")
     if hp.routing_softmax_axis not in ("interests", "behaviours"):
         problems.append(f"routing_softmax_axis must be interests or behaviours, got {hp.routing_softmax_axis!r}")
     if not hp.temperature > 0:
@@ -270,7 +273,7 @@ class MIND(SequentialRecommender):
         self.routing = B2IRouting(
             self.embedding_size, self.interest_num, self.max_seq_length,
             iterations=self.routing_iterations, init_std=hp.routing_init_std,
-            softmax_axis=hp.routing_softmax_axis, seed=hp.routing_seed,
+            softmax_axis=hp.routing_softmax_axis, seed=hp.routing_seed, init=hp.routing_init,
         )
         tower, width = [], self.embedding_size * (1 + len(self.user_features))
         for _ in range(self.hidden_layers):

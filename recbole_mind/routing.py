@@ -10,6 +10,8 @@ from torch import nn
 
 INTERESTS = "interests"
 BEHAVIOURS = "behaviours"
+RANDOM = "random"
+SEEDED = "seeded"
 _MASKED_LOGIT = -1e9  # finite, so a row with nothing active softmaxes to uniform, not NaN
 
 
@@ -41,18 +43,26 @@ class B2IRouting(nn.Module):
             paper's Algorithm 1) or ``"behaviours"`` (each interest normalises over behaviours,
             as in the capsule-network convention some implementations follow).
         seed: seed of the fixed evaluation logits, so one user always gets the same interests.
+        init: ``"random"`` (the spec: logits drawn from N(0, sigma^2)) or ``"seeded"`` (not in
+            the spec): interest j starts as the squashed capsule of one of the user's own
+            behaviours (the most recent, then farthest-point picks), and the start logits are
+            their agreements u_j . S e_i, as after a routing step: k-means seeded from the data
+            instead of from a random, position-fixed split; the same in training and serving.
     """
 
     def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3,
-                 init_std=1.0, softmax_axis=INTERESTS, seed=2019):
+                 init_std=1.0, softmax_axis=INTERESTS, seed=2019, init=RANDOM):
         super().__init__()
         if softmax_axis not in (INTERESTS, BEHAVIOURS):
             raise ValueError(
                 f"routing_softmax_axis must be '{INTERESTS}' or '{BEHAVIOURS}', got {softmax_axis!r}"
             )
+        if init not in (RANDOM, SEEDED):
+            raise ValueError(f"routing_init must be '{RANDOM}' or '{SEEDED}', got {init!r}")
         self.interest_num = interest_num
         self.iterations = iterations
         self.init_std = init_std
+        self.init = init
         self.softmax_axis = softmax_axis
         # The shared bilinear map S (d x d): one matrix for every behaviour-interest pair.
         self.bilinear = nn.Linear(embedding_size, embedding_size, bias=False)
@@ -73,6 +83,29 @@ class B2IRouting(nn.Module):
                 f"{self.eval_logits.size(0)} the model was built with"
             )
         return self.eval_logits[:seq_length].unsqueeze(0).expand(batch_size, -1, -1)
+
+    @staticmethod
+    def seed_positions(projected, seq_mask, interest_num):
+        """[B, K] positions of the seed behaviours: the most recent one, then each next the
+        behaviour least similar (cosine of S e_i) to every seed chosen so far (farthest-point
+        seeding, as k-means++ without the randomness). Sequences are left-aligned, as RecBole
+        pads them. A loop over K only; rows with fewer behaviours than K repeat a seed."""
+        batch = torch.arange(projected.size(0), device=projected.device)
+        unit = nn.functional.normalize(projected, dim=-1)
+        positions = [(seq_mask.sum(dim=1) - 1).clamp(min=0)]
+        closest = torch.full(seq_mask.shape, float("-inf"), dtype=unit.dtype, device=unit.device)
+        for _ in range(1, interest_num):
+            chosen = unit[batch, positions[-1]]  # [B, d]
+            closest = torch.maximum(closest, torch.einsum("bld,bd->bl", unit, chosen))
+            positions.append(closest.masked_fill(~seq_mask, float("inf")).argmin(dim=1))
+        return torch.stack(positions, dim=1)
+
+    def seeded_logits(self, projected, seq_mask, interest_mask):
+        """[B, L, K] start logits u_j . S e_i with u_j = squash(S e_{p_j}) for the seed
+        behaviours p_j (:meth:`seed_positions`); the routing masks inactive interests."""
+        positions = self.seed_positions(projected, seq_mask, interest_mask.size(1))
+        seeds = torch.gather(projected, 1, positions.unsqueeze(-1).expand(-1, -1, projected.size(-1)))
+        return torch.einsum("bkd,bld->blk", squash(seeds), projected)
 
     def routing_weights(self, logits, mask):
         """Masked softmax of the logits [B, L, K]; masked entries get weight exactly 0.
@@ -106,7 +139,9 @@ class B2IRouting(nn.Module):
         has S applied to the whole item table gathers them from it: far fewer rows than B x L)."""
         batch_size, seq_length, _ = projected.shape
         projected_const = projected.detach()
-        if logits is None:
+        if logits is None and self.init == SEEDED:
+            logits = self.seeded_logits(projected_const, seq_mask, interest_mask)
+        elif logits is None:
             logits = self.initial_logits(batch_size, seq_length, projected.device)
         mask = seq_mask.unsqueeze(-1) & interest_mask.unsqueeze(1)  # [B, L, K]
         for iteration in range(self.iterations):

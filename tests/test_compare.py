@@ -93,6 +93,16 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     settings.write_text("routing_init_std: 0.5\n")
     assert cli.main(compare_argv(tiny_root, results, "--config_files", str(settings))) == 2
     assert "differs in model_settings" in capsys.readouterr().err
+    # A setting added to MIND.yaml since the record was written is the same run at its default
+    # (new keys are opt-in), another run at any other value.
+    record = json.loads(run_files[("MIND", 0.001)].read_text())
+    del record["protocol"]["model_settings"]["routing_init"]
+    run_files[("MIND", 0.001)].write_text(json.dumps(record))
+    assert cli.main(compare_argv(tiny_root, results)) == 0
+    seeded = tmp_path / "seeded_routing.yaml"
+    seeded.write_text("routing_init: seeded\n")
+    assert cli.main(compare_argv(tiny_root, results, "--config_files", str(seeded))) == 2
+    assert "differs in model_settings" in capsys.readouterr().err
     # A MIND record that does not say which settings it ran with is refused as well.
     record = json.loads(run_files[("MIND", 0.001)].read_text())
     del record["protocol"]["model_settings"]

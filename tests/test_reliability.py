@@ -71,6 +71,7 @@ def test_unknown_model(capsys):
 @pytest.mark.parametrize("override,expected", [
     ("--interest_num=0", "interest_num must be >= 1"),
     ("--routing_iterations=0", "routing_iterations must be >= 1"),
+    ("--routing_init=kmeans", "routing_init must be random or seeded"),
     ("--attention_power=0", "attention_power must be > 0"),
     ("--attention_power=-2", "attention_power must be > 0"),
     ("--embedding_size=0", "embedding_size must be >= 1"),
