@@ -186,6 +186,7 @@ def read_hyper_parameters(config):
         routing_iterations=param("routing_iterations", int),
         routing_init_std=param("routing_init_std", float),
         routing_init=param("routing_init", str),
+        behaviour_window=param("behaviour_window", int),
         routing_softmax_axis=param("routing_softmax_axis", str),
         routing_seed=param("routing_seed", int),
         hidden_layers=param("hidden_layers", int),
@@ -212,6 +213,8 @@ def read_hyper_parameters(config):
         problems.append(f"hidden_layers must be >= 0, and >= 1 with user_features, got {hp.hidden_layers}")
     if not hp.routing_init_std > 0:
         problems.append(f"routing_init_std must be > 0, got {hp.routing_init_std}")
+    if hp.behaviour_window < 0:
+        problems.append(f"behaviour_window must be >= 0 (0: every behaviour), got {hp.behaviour_window}")
     if hp.routing_init not in ("random", "seeded"):
         problems.append(f"routing_init must be random or seeded, got {hp.routing_init!r}")
     if hp.routing_softmax_axis not in ("interests", "behaviours"):
@@ -247,6 +250,7 @@ class MIND(SequentialRecommender):
         self.interest_num = hp.interest_num
         self.dynamic_interest = hp.dynamic_interest
         self.routing_iterations = hp.routing_iterations
+        self.behaviour_window = hp.behaviour_window
         self.hidden_layers = hp.hidden_layers
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
@@ -336,6 +340,11 @@ class MIND(SequentialRecommender):
         ``table``: all item vectors, if the caller has them (training with CE, full sort).
         """
         seq_mask = item_seq > 0
+        if self.behaviour_window:
+            # only the last behaviour_window behaviours are routed (the rest weigh 0, in place)
+            positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+            seq_mask = seq_mask & (positions >= (item_seq_len - self.behaviour_window).unsqueeze(1))
+            item_seq_len = item_seq_len.clamp(max=self.behaviour_window)
         interest_mask = self.interest_mask(item_seq_len)
         if table is None and self.n_items <= item_seq.numel():
             table = self.item_vectors()

@@ -88,11 +88,12 @@ class B2IRouting(nn.Module):
     def seed_positions(projected, seq_mask, interest_num):
         """[B, K] positions of the seed behaviours: the most recent one, then each next the
         behaviour least similar (cosine of S e_i) to every seed chosen so far (farthest-point
-        seeding, as k-means++ without the randomness). Sequences are left-aligned, as RecBole
-        pads them. A loop over K only; rows with fewer behaviours than K repeat a seed."""
+        seeding, as k-means++ without the randomness). A loop over K only; rows with fewer
+        behaviours than K repeat a seed."""
         batch = torch.arange(projected.size(0), device=projected.device)
         unit = nn.functional.normalize(projected, dim=-1)
-        positions = [(seq_mask.sum(dim=1) - 1).clamp(min=0)]
+        steps = torch.arange(seq_mask.size(1), device=seq_mask.device)
+        positions = [(seq_mask * steps).amax(dim=1)]  # the last real behaviour
         closest = torch.full(seq_mask.shape, float("-inf"), dtype=unit.dtype, device=unit.device)
         for _ in range(1, interest_num):
             chosen = unit[batch, positions[-1]]  # [B, d]

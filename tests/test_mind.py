@@ -9,7 +9,7 @@ from recbole.utils import init_seed
 
 from recbole_mind.mind import MIND, LabelAwareAttention
 from recbole_mind.quick_start import build_config, prepare_data
-from recbole_mind.routing import BEHAVIOURS, INTERESTS
+from recbole_mind.routing import BEHAVIOURS, INTERESTS, active_interest_count
 
 L = 10  # MAX_ITEM_LIST_LENGTH of the tiny config
 FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year"]}
@@ -440,3 +440,30 @@ def test_max_interest_scores_sorted_and_chunked_equals_the_naive_max(chunk_items
     scattered = mask.flip(1)  # active interests last: not a prefix
     expected = torch.stack([(interests[b, scattered[b]] @ items.t()).amax(0) for b in range(33)])
     torch.testing.assert_close(MIND.max_interest_scores(model, interests, scattered, items), expected)
+
+
+def test_behaviour_window_routes_only_the_last_behaviours(tiny_config):
+    """With behaviour_window w, the interests ignore everything before a row's last w
+    behaviours (replacing those items changes nothing), K'_u follows min(n, w), and a window
+    at least as long as every sequence is the spec's model."""
+    window = 4
+    model, _ = build(tiny_config, behaviour_window=window)
+    full, _ = build(tiny_config)
+    full.load_state_dict(model.state_dict())
+    batch = sequences(model, [1, 3, 4, 7, L])
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    other = seq.clone()
+    for row, n in enumerate(lengths.tolist()):
+        older = max(n - window, 0)
+        other[row, :older] = (seq[row, :older] % (model.n_items - 1)) + 1  # different, still real items
+    assert not torch.equal(other, seq)
+    with torch.no_grad():
+        interests, mask = model(seq, lengths)
+        interests_other, _ = model(other, lengths)
+        spec_interests, spec_mask = full(seq, lengths)
+    torch.testing.assert_close(interests_other, interests)
+    assert torch.equal(mask.sum(1), active_interest_count(lengths.clamp(max=window), model.interest_num, True))
+    assert not torch.allclose(interests[-1], spec_interests[-1])  # the long row did change
+    model.behaviour_window = L
+    with torch.no_grad():
+        torch.testing.assert_close(model(seq, lengths)[0], spec_interests)
