@@ -53,7 +53,7 @@ def planted_config(root, checkpoint_dir, epochs):
         # the routing this test was written for, pinned so that changes of MIND.yaml's defaults
         # (chosen for ranking quality, results/experiments.md) do not move it: with start logits
         # of sigma 0.1 all interests start alike and separate the planted groups less (0.89)
-        "routing_init_std": 1.0, "attention_power": 2.0, "exclude_history": False,
+        "routing_init_std": 1.0, "attention_power": 2.0, "exclude_history": False, "behaviour_window": 0,
     }
 
 

@@ -16,7 +16,7 @@ FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
-SPEC = {"exclude_history": False}  # the spec's ranking over all items (exclude_history: own tests)
+SPEC = {"exclude_history": False, "behaviour_window": 0}  # the spec: every behaviour routed, ranking over all items
 
 
 def build(tiny_config, **overrides):

@@ -28,7 +28,7 @@ def trained(tiny_root, tmp_path_factory):
             "embedding_size": 16, "show_progress": False, "state": "ERROR", "seed": 7, "topk": [5, 10],
             # full_sort_predict ranks every item, so the flat index can be checked against it
             # with and without retrieval's own history filter
-            "exclude_history": False,
+            "exclude_history": False, "behaviour_window": 0,
         })
         config, dataset, model = retrieval.load_checkpoint(result["saved_model_file"])
     users, item_seq, item_seq_len, history = retrieval.user_histories(dataset, model.max_seq_length)
