@@ -163,20 +163,21 @@ def protocol_of(model, dataset, config_files, config_dict, overrides):
     return _plain(protocol)
 
 
+# MIND settings added after records were first kept, each with the value that behaves as every
+# run made before it did: a stored record without the key is the same run only at that value.
+SETTINGS_ADDED = {"routing_init": "random", "behaviour_window": 0}
+
+
 def same_protocol(stored, fresh):
     """Whether a stored run's protocol is ``fresh``. A MIND record written before its settings
     were kept (session 2) is refused, since it cannot show which defaults it ran with (session
-    3's softmax_dtype default would otherwise have reused float32 runs). A setting added to
-    MIND.yaml after a record was written counts as the same when the fresh run uses its
-    default: new keys come opt-in, their default being the behaviour the record ran with."""
+    3's softmax_dtype default would otherwise have reused float32 runs). A setting added since a
+    record was written (SETTINGS_ADDED) counts as the same only at its old behaviour's value."""
     stored, fresh = dict(stored or {}), dict(fresh)
     if isinstance(stored.get(MODEL_SETTINGS), dict) and isinstance(fresh.get(MODEL_SETTINGS), dict):
-        from recbole_mind.mind import default_config
-
-        defaults = default_config()
         fresh[MODEL_SETTINGS] = {
             key: value for key, value in fresh[MODEL_SETTINGS].items()
-            if key in stored[MODEL_SETTINGS] or key not in defaults or value != defaults[key]
+            if key in stored[MODEL_SETTINGS] or SETTINGS_ADDED.get(key, object()) != value
         }
     return stored == fresh
 

@@ -93,14 +93,20 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     settings.write_text("routing_init_std: 0.5\n")
     assert cli.main(compare_argv(tiny_root, results, "--config_files", str(settings))) == 2
     assert "differs in model_settings" in capsys.readouterr().err
-    # A setting added to MIND.yaml since the record was written is the same run at its default
-    # (new keys are opt-in), another run at any other value.
-    record = json.loads(run_files[("MIND", 0.001)].read_text())
-    del record["protocol"]["model_settings"]["routing_init"]
-    run_files[("MIND", 0.001)].write_text(json.dumps(record))
-    assert cli.main(compare_argv(tiny_root, results)) == 0
+    # A setting added since the record was written is the same run at the value that behaves as
+    # before it existed, another run at any other value (whatever the default is now).
+    for lr in GRID:
+        record = json.loads(run_files[("MIND", lr)].read_text())
+        del record["protocol"]["model_settings"]["routing_init"]
+        del record["protocol"]["model_settings"]["behaviour_window"]
+        run_files[("MIND", lr)].write_text(json.dumps(record))
+    for window, status in ((0, 0), (5, 2)):
+        window_file = tmp_path / f"window{window}.yaml"
+        window_file.write_text(f"behaviour_window: {window}\n")
+        assert cli.main(compare_argv(tiny_root, results, "--config_files", str(window_file))) == status
+    assert "differs in model_settings" in capsys.readouterr().err
     seeded = tmp_path / "seeded_routing.yaml"
-    seeded.write_text("routing_init: seeded\n")
+    seeded.write_text("routing_init: seeded\nbehaviour_window: 0\n")
     assert cli.main(compare_argv(tiny_root, results, "--config_files", str(seeded))) == 2
     assert "differs in model_settings" in capsys.readouterr().err
     # A MIND record that does not say which settings it ran with is refused as well.
