@@ -163,21 +163,19 @@ def protocol_of(model, dataset, config_files, config_dict, overrides):
     return _plain(protocol)
 
 
-# MIND settings added after records were first kept, each with the value that behaves as every
-# run made before it did: a stored record without the key is the same run only at that value.
-SETTINGS_ADDED = {"routing_init": "random", "behaviour_window": 0}
-
-
 def same_protocol(stored, fresh):
     """Whether a stored run's protocol is ``fresh``. A MIND record written before its settings
     were kept (session 2) is refused, since it cannot show which defaults it ran with (session
     3's softmax_dtype default would otherwise have reused float32 runs). A setting added since a
-    record was written (SETTINGS_ADDED) counts as the same only at its old behaviour's value."""
+    record was written counts as the same only at its old behaviour's value
+    (``mind.VALUE_BEFORE_KEY``)."""
+    from recbole_mind.mind import VALUE_BEFORE_KEY
+
     stored, fresh = dict(stored or {}), dict(fresh)
     if isinstance(stored.get(MODEL_SETTINGS), dict) and isinstance(fresh.get(MODEL_SETTINGS), dict):
         fresh[MODEL_SETTINGS] = {
             key: value for key, value in fresh[MODEL_SETTINGS].items()
-            if key in stored[MODEL_SETTINGS] or SETTINGS_ADDED.get(key, object()) != value
+            if key in stored[MODEL_SETTINGS] or VALUE_BEFORE_KEY.get(key, object()) != value
         }
     return stored == fresh
 

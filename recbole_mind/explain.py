@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from recbole_mind import quick_start
 from recbole_mind.checkpoint import load_checkpoint as load_trusted_checkpoint
 from recbole_mind.errors import UserError
-from recbole_mind.mind import MIND
+from recbole_mind.mind import MIND, VALUE_BEFORE_KEY
 
 # .item columns used as labels when the dataset has them (ml-100k: movie_title, class).
 TITLE_FIELDS = ("movie_title", "title")
@@ -73,6 +73,8 @@ def load_checkpoint(path, config_dict=None, title_field=None, genre_field=None):
         raise UserError(f"{path} holds a {saved_config['model']} model: --explain needs a MIND checkpoint")
 
     values = {k: v for k, v in saved_config.external_config_dict.items() if k not in ("model", "dataset")}
+    # keys added to MIND.yaml since the checkpoint was saved: as it was trained, not today's default
+    values.update({k: v for k, v in VALUE_BEFORE_KEY.items() if k not in saved_config})
     values.update(config_dict or {})
     config = quick_start.build_config("MIND", saved_config["dataset"], config_dict=values)
     header = _item_header(config)
@@ -117,6 +119,7 @@ class Explainer:
         self.model = model.eval()
         self.config = config
         self.dataset = dataset
+        self.test_data = test_data  # RecBole's loader, kept for callers (bench/recency_eval.py)
         self.title_field = title_field
         self.genre_field = genre_field
         self.uid_field = dataset.uid_field

@@ -30,6 +30,12 @@ LOSS_TYPES = ("CE", "SSM", "BPR")
 SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
 SOFTMAX_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # None: the model's own dtype
 SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
+# Keys added to MIND.yaml after models had been trained, each with the value that behaves as
+# MIND did before it existed. A config without the key (a checkpoint saved back then: a fresh
+# config always holds all of MIND.yaml) gets this value, not today's default, so an old model
+# is rebuilt as it was trained; --compare judges old records the same way.
+VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
+                    "routing_init": "random", "behaviour_window": 0}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -161,6 +167,8 @@ def read_hyper_parameters(config):
     problems = []
 
     def param(key, convert):
+        if key not in config and key in VALUE_BEFORE_KEY:
+            return convert(VALUE_BEFORE_KEY[key])
         value = config[key] if key in config else None
         value = defaults.get(key) if value is None else value
         try:

@@ -467,3 +467,21 @@ def test_behaviour_window_routes_only_the_last_behaviours(tiny_config):
     model.behaviour_window = L
     with torch.no_grad():
         torch.testing.assert_close(model(seq, lengths)[0], spec_interests)
+
+
+def test_a_checkpoint_config_from_before_a_key_existed_keeps_the_old_behaviour(tiny_config):
+    """A fresh config holds every MIND.yaml key; one saved in an older checkpoint lacks the keys
+    added since, and must rebuild the model it trained (not today's defaults for those keys)."""
+    from recbole_mind.mind import VALUE_BEFORE_KEY, default_config, read_hyper_parameters
+
+    config = build_config("MIND", "tiny", config_dict=tiny_config)
+    assert read_hyper_parameters(config).behaviour_window == default_config()["behaviour_window"]
+    for key in VALUE_BEFORE_KEY:
+        del config.final_config_dict[key]
+    hp = read_hyper_parameters(config)
+    assert {key: getattr(hp, key) for key in VALUE_BEFORE_KEY} == VALUE_BEFORE_KEY
+    init_seed(config["seed"], True)
+    _, train_data, _, _ = prepare_data(config)
+    model = MIND(config, train_data._dataset)
+    assert model.behaviour_window == 0 and not model.exclude_history
+    assert model.softmax_matmul_dtype is None and model.routing.init == "random"
