@@ -34,6 +34,29 @@ def parse_overrides(pairs):
     return overrides
 
 
+def add_pipeline_arguments(parser):
+    """--model, --dataset, --threads and key=value overrides, for build_pipeline (profilers)."""
+    parser.add_argument("--model", default="MIND")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def build_pipeline(args):
+    """(config, train_data, test_data, model) the way run_recbole_mind.py builds them, with
+    ``args.threads`` torch threads."""
+    import torch
+    from recbole.utils import init_seed
+
+    from recbole_mind.quick_start import build_config, prepare_data, resolve_model
+
+    torch.set_num_threads(args.threads)
+    config = build_config(args.model, args.dataset, config_dict=parse_overrides(args.overrides))
+    init_seed(config["seed"], config["reproducibility"])
+    _, train_data, _, test_data = prepare_data(config)
+    return config, train_data, test_data, resolve_model(args.model)(config, train_data._dataset)
+
+
 def done_tags(log):
     if not log.is_file():
         return set()

@@ -19,34 +19,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mind_experiments import parse_overrides  # noqa: E402
+from mind_experiments import add_pipeline_arguments, build_pipeline  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="MIND")
-    parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--checkpoint", help="a RecBole checkpoint of the same model and dataset")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    add_pipeline_arguments(parser)
     args = parser.parse_args()
 
-    import torch
-    from recbole.trainer import Trainer
-    from recbole.utils import get_trainer, init_seed
+    from recbole.utils import get_trainer
 
-    from recbole_mind.quick_start import build_config, prepare_data, resolve_model
+    from recbole_mind.checkpoint import load_checkpoint
 
-    torch.set_num_threads(args.threads)
-    config = build_config(args.model, args.dataset, config_dict=parse_overrides(args.overrides))
-    init_seed(config["seed"], config["reproducibility"])
-    _, train_data, _, test_data = prepare_data(config)
-    model = resolve_model(args.model)(config, train_data._dataset)
+    config, _, test_data, model = build_pipeline(args)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(load_checkpoint(args.checkpoint)["state_dict"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    assert isinstance(trainer, Trainer)
 
     spent = []
     predict = model.full_sort_predict

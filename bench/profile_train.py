@@ -17,29 +17,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mind_experiments import parse_overrides  # noqa: E402
+from mind_experiments import add_pipeline_arguments, build_pipeline  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="MIND")
-    parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    add_pipeline_arguments(parser)
     args = parser.parse_args()
 
     import torch
-    from recbole.utils import init_seed
     from torch.profiler import ProfilerActivity, profile
 
-    from recbole_mind.quick_start import build_config, prepare_data, resolve_model
-
-    torch.set_num_threads(args.threads)
-    config = build_config(args.model, args.dataset, config_dict=parse_overrides(args.overrides))
-    init_seed(config["seed"], config["reproducibility"])
-    _, train_data, _, _ = prepare_data(config)
-    model = resolve_model(args.model)(config, train_data._dataset)
+    config, train_data, _, model = build_pipeline(args)
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
 

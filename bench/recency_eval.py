@@ -44,23 +44,14 @@ def main():
     args = parser.parse_args()
 
     import torch
-    from recbole.utils import get_trainer, init_seed
+    from recbole.utils import get_trainer
 
+    from recbole_mind.explain import load_checkpoint
     from recbole_mind.mind import exclude_input_sequence
-    from recbole_mind.quick_start import build_config, prepare_data, resolve_model
 
     torch.set_num_threads(args.threads)
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    saved = checkpoint["config"]
-    config = build_config("MIND", saved["dataset"], config_dict={
-        **{k: saved[k] for k in ("interest_num", "routing_init_std", "attention_power", "exclude_history",
-                                 "MAX_ITEM_LIST_LENGTH", "embedding_size") if k in saved},
-        **parse_overrides(args.overrides)})
-    init_seed(config["seed"], config["reproducibility"])
-    _, train_data, _, test_data = prepare_data(config)
-    model = resolve_model("MIND")(config, train_data._dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    loaded = load_checkpoint(args.checkpoint, config_dict=parse_overrides(args.overrides))  # the model as trained
+    model, config = loaded.model, loaded.config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     predict = model.full_sort_predict
 
@@ -70,7 +61,7 @@ def main():
             return exclude_input_sequence(scores, interaction[model.ITEM_SEQ])  # the whole history
 
         model.full_sort_predict = truncated
-        result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        result = trainer.evaluate(loaded.test_data, load_best_model=False, show_progress=False)
         print(f"last {m:>3} behaviours: " + "  ".join(f"{k} {float(v):.4f}" for k, v in result.items()
                                                    if k in ("recall@10", "recall@50", "ndcg@10", "mrr@10")),
               flush=True)
