@@ -16,7 +16,7 @@ FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
-SPEC = {"exclude_history": False, "behaviour_window": 0}  # the spec: every behaviour routed, ranking over all items
+SPEC = {"exclude_history": False, "behaviour_window": 0, "recency_gain": False}  # the spec: every behaviour routed, ranking over all items
 
 
 def build(tiny_config, **overrides):
@@ -485,3 +485,34 @@ def test_a_checkpoint_config_from_before_a_key_existed_keeps_the_old_behaviour(t
     model = MIND(config, train_data._dataset)
     assert model.behaviour_window == 0 and not model.exclude_history
     assert model.softmax_matmul_dtype is None and model.routing.init == "random"
+
+
+def test_recency_gain_scales_each_behaviour_capsule_by_its_recency(tiny_config):
+    """recency_gain: behaviour capsule g_t S e_i with t the distance from the row's last
+    behaviour, checked against routing the scaled capsules by hand (a per-row loop); at its
+    initial gains of 1 it is the spec's model, and padding after n still changes nothing."""
+    model, _ = build(tiny_config, recency_gain=True, routing_iterations=2)
+    plain, _ = build(tiny_config, routing_iterations=2)
+    state = {k: v for k, v in model.state_dict().items() if k != "recency_log_gain"}
+    plain.load_state_dict(state)
+    batch = sequences(model, [1, 2, 5, 9, L])
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(seq, lengths)[0], plain(seq, lengths)[0])  # gains 1
+        model.recency_log_gain.copy_(torch.linspace(1.0, -2.0, L))
+        interests, mask = model(seq, lengths)
+        for row, n in enumerate(lengths.tolist()):
+            projected = model.routing.bilinear(model.item_vectors(seq[row:row + 1]))
+            gains = torch.zeros(L)
+            gains[:n] = model.recency_log_gain[:n].flip(0).exp()  # position n-1 has recency 0
+            expected, _ = model.routing.route(projected * gains.view(1, L, 1), seq[row:row + 1] > 0,
+                                              mask[row:row + 1])
+            torch.testing.assert_close(interests[row:row + 1],
+                                       model.interest_tower(expected) * mask[row:row + 1].unsqueeze(-1))
+        assert not torch.allclose(interests, plain(seq, lengths)[0])
+        narrow = sequences(model, [1, 2, 5, 9], width=L - 1)  # the same rows, one padding less
+        wide = sequences(model, [1, 2, 5, 9], width=L)
+        torch.testing.assert_close(model(wide[model.ITEM_SEQ], wide[model.ITEM_SEQ_LEN])[0],
+                                   model(narrow[model.ITEM_SEQ], narrow[model.ITEM_SEQ_LEN])[0])
+
