@@ -35,7 +35,8 @@ SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
 # config always holds all of MIND.yaml) gets this value, not today's default, so an old model
 # is rebuilt as it was trained; --compare judges old records the same way.
 VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
-                    "routing_init": "random", "behaviour_window": 0, "recency_gain": False}
+                    "routing_init": "random", "behaviour_window": 0, "recency_gain": False,
+                    "interest_projection": False}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -199,6 +200,7 @@ def read_hyper_parameters(config):
         routing_softmax_axis=param("routing_softmax_axis", str),
         routing_seed=param("routing_seed", int),
         hidden_layers=param("hidden_layers", int),
+        interest_projection=param("interest_projection", boolean),
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
         exclude_history=param("exclude_history", boolean),
@@ -293,6 +295,11 @@ class MIND(SequentialRecommender):
         for _ in range(self.hidden_layers):
             tower += [nn.Linear(width, self.embedding_size), nn.ReLU()]
             width = self.embedding_size
+        if hp.interest_projection:
+            # Not in the spec: H's last ReLU confines every interest to the non-negative orthant
+            # (the item vectors are free); a final linear layer lets them point anywhere, as
+            # GRU4Rec's and SASRec's user vectors can. Measured in results/experiments.md.
+            tower.append(nn.Linear(width, self.embedding_size))
         self.interest_tower = nn.Sequential(*tower)  # H; empty means identity
         if self.recency_gain:
             # log g_t for t = 0 (the most recent behaviour) .. L-1; zero: every gain 1, the spec

@@ -16,7 +16,7 @@ FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
-SPEC = {"exclude_history": False, "behaviour_window": 0, "recency_gain": False}  # the spec: every behaviour routed, ranking over all items
+SPEC = {"exclude_history": False, "behaviour_window": 0, "recency_gain": False, "interest_projection": False}  # the spec: every behaviour routed, ranking over all items
 
 
 def build(tiny_config, **overrides):
@@ -516,3 +516,19 @@ def test_recency_gain_scales_each_behaviour_capsule_by_its_recency(tiny_config):
         torch.testing.assert_close(model(wide[model.ITEM_SEQ], wide[model.ITEM_SEQ_LEN])[0],
                                    model(narrow[model.ITEM_SEQ], narrow[model.ITEM_SEQ_LEN])[0])
 
+
+
+def test_interest_projection_lets_interests_leave_the_non_negative_orthant(tiny_config):
+    """H's ReLU makes every interest coordinate >= 0 (the spec); interest_projection adds a
+    linear layer after it, whose outputs take both signs; inactive interests stay zero."""
+    spec, _ = build(tiny_config)
+    projected, _ = build(tiny_config, interest_projection=True)
+    batch = sequences(spec, [1, 2, 5, 9, L])
+    seq, lengths = batch[spec.ITEM_SEQ], batch[spec.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        plain, _ = spec(seq, lengths)
+        free, mask = projected(seq, lengths)
+    assert bool((plain >= 0).all())
+    assert bool((free[mask] < 0).any()) and bool((free[mask] > 0).any())
+    assert bool((free[~mask] == 0).all())
+    assert isinstance(projected.interest_tower[-1], torch.nn.Linear)

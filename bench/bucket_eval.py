@@ -1,0 +1,128 @@
+"""Where one model beats another: test NDCG@10 and Recall@50 by the length of the user's history.
+
+Loads trained checkpoints of any RecBole sequential model (MIND or a built-in, from the
+comparison's ``saved/compare/...`` or from bench/mind_experiments.py), ranks every item for each
+test row with the model's own ``full_sort_predict``, removes the row's input sequence from the
+ranking for every model alike (as the comparison's history-excluded table does), and reports
+the metrics per bucket of history length n (the items before the test item, capped at
+MAX_ITEM_LIST_LENGTH). The "all" row reproduces each model's history-excluded test figures.
+
+A multi-interest model should gain where histories are long and mixed; an order-aware one where
+the next item follows the last. This measures which it is, per dataset.
+
+Usage (from the project root):
+    python bench/bucket_eval.py data_path=../shared/data \
+        --checkpoint MIND=saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
+        --checkpoint GRU4Rec=saved/compare/amazon-videogames/GRU4Rec_lr0.003/GRU4Rec-....pth
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mind_experiments import parse_overrides  # noqa: E402
+
+BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 49), (50, 50))
+
+
+def load(path, overrides):
+    """(model in eval mode, test loader) rebuilt from a checkpoint's own config."""
+    from recbole.utils import init_seed
+
+    from recbole_mind import quick_start
+    from recbole_mind.checkpoint import load_checkpoint
+    from recbole_mind.mind import VALUE_BEFORE_KEY
+
+    checkpoint = load_checkpoint(path)  # a pickle: only a path the user named
+    saved = checkpoint["config"]
+    values = {k: v for k, v in saved.external_config_dict.items() if k not in ("model", "dataset")}
+    if saved["model"] == "MIND":  # keys added since it was saved: as it was trained
+        values.update({k: v for k, v in VALUE_BEFORE_KEY.items() if k not in saved})
+    values.update(overrides)
+    config = quick_start.build_config(saved["model"], saved["dataset"], config_dict=values)
+    init_seed(config["seed"], config["reproducibility"])
+    _, train_data, _, test_data = quick_start.prepare_data(config)
+    model = quick_start.resolve_model(saved["model"])(config, train_data._dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return model.eval(), test_data
+
+
+def test_ranks(model, test_data):
+    """(user ids, history lengths, 0-based ranks of the test item) over all test rows, the row's
+    input sequence and the padding item removed from the ranking."""
+    import torch
+
+    from recbole_mind.mind import exclude_input_sequence
+
+    users, lengths, ranks = [], [], []
+    with torch.no_grad():
+        for interaction, _, _, positive_i in test_data:
+            scores = model.full_sort_predict(interaction).view(len(interaction), -1).float().clone()
+            scores = exclude_input_sequence(scores, interaction[model.ITEM_SEQ])
+            scores[:, 0] = -math.inf
+            target = scores.gather(1, positive_i.view(-1, 1))
+            ranks.append((scores > target).sum(dim=1))
+            lengths.append(interaction[model.ITEM_SEQ_LEN])
+            users.append(interaction[model.USER_ID])
+    return torch.cat(users), torch.cat(lengths), torch.cat(ranks)
+
+
+def metrics(ranks):
+    """NDCG@10, Recall@50 of one held-out item per row, from its 0-based ranks."""
+    import torch
+
+    ndcg = torch.where(ranks < 10, 1.0 / torch.log2(ranks.double() + 2.0), torch.zeros((), dtype=torch.double))
+    return float(ndcg.mean()), float((ranks < 50).double().mean())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.overrides)
+    results = {}
+    for spec in args.checkpoint:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --checkpoint {spec!r} is not LABEL=PATH")
+        model, test_data = load(path, overrides)
+        users, lengths, ranks = test_ranks(model, test_data)
+        order = users.argsort()
+        results[label] = (users[order], lengths[order], ranks[order])
+    labels = list(results)
+    users, lengths, _ = results[labels[0]]
+    for label in labels[1:]:
+        if not torch.equal(results[label][0], users):
+            raise SystemExit(f"error: {label} was not evaluated on the same test users as {labels[0]}")
+
+    header = ["history n", "users"] + [f"{label} {m}" for label in labels for m in ("NDCG@10", "R@50")]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for low, high in ((1, 10**9), *BUCKETS):
+        rows = (lengths >= low) & (lengths <= high)
+        if not bool(rows.any()):
+            continue
+        name = "all" if high == 10**9 else (str(low) if low == high else f"{low}-{high}")
+        cells = [name, str(int(rows.sum()))]
+        for label in labels:
+            cells += [f"{v:.4f}" for v in metrics(results[label][2][rows])]
+        print("| " + " | ".join(cells) + " |")
+    if len(labels) == 2:
+        a, b = (results[label][2] for label in labels)
+        print(f"\n{labels[0]} ranks the test item higher for {float((a < b).double().mean()):.1%} of users, "
+              f"{labels[1]} for {float((b < a).double().mean()):.1%}, tied {float((a == b).double().mean()):.1%}")
+
+
+if __name__ == "__main__":
+    main()
