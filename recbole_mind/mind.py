@@ -36,7 +36,7 @@ SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
 # is rebuilt as it was trained; --compare judges old records the same way.
 VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
                     "routing_init": "random", "behaviour_window": 0, "recency_gain": False,
-                    "interest_projection": False}
+                    "interest_projection": False, "dropout_prob": 0.0}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -201,6 +201,7 @@ def read_hyper_parameters(config):
         routing_seed=param("routing_seed", int),
         hidden_layers=param("hidden_layers", int),
         interest_projection=param("interest_projection", boolean),
+        dropout_prob=param("dropout_prob", float),
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
         exclude_history=param("exclude_history", boolean),
@@ -226,6 +227,8 @@ def read_hyper_parameters(config):
         problems.append(f"routing_init_std must be > 0, got {hp.routing_init_std}")
     if hp.behaviour_window < 0:
         problems.append(f"behaviour_window must be >= 0 (0: every behaviour), got {hp.behaviour_window}")
+    if not 0.0 <= hp.dropout_prob < 1.0:
+        problems.append(f"dropout_prob must be in [0, 1), got {hp.dropout_prob}")
     if hp.routing_init not in ("random", "seeded"):
         problems.append(f"routing_init must be random or seeded, got {hp.routing_init!r}")
     if hp.routing_softmax_axis not in ("interests", "behaviours"):
@@ -301,6 +304,9 @@ class MIND(SequentialRecommender):
             # GRU4Rec's and SASRec's user vectors can. Measured in results/experiments.md.
             tower.append(nn.Linear(width, self.embedding_size))
         self.interest_tower = nn.Sequential(*tower)  # H; empty means identity
+        # Not in the spec: dropout on the behaviour capsules S e_i in training, the regulariser
+        # GRU4Rec (0.3) and SASRec (0.5) apply to their input embeddings and MIND lacks.
+        self.behaviour_dropout = nn.Dropout(hp.dropout_prob) if hp.dropout_prob > 0 else None
         if self.recency_gain:
             # log g_t for t = 0 (the most recent behaviour) .. L-1; zero: every gain 1, the spec
             self.recency_log_gain = nn.Parameter(torch.zeros(self.max_seq_length))
@@ -379,6 +385,8 @@ class MIND(SequentialRecommender):
             projected = nn.functional.embedding(item_seq, self.routing.bilinear(table))
         else:
             projected = self.routing.bilinear(self.item_vectors(item_seq))
+        if self.behaviour_dropout is not None:
+            projected = self.behaviour_dropout(projected)
         if self.recency_gain:
             # Not in the spec: behaviour capsule g_t S e_i with a learned gain per recency t, a
             # soft, learned behaviour_window (one weight per position from the end; a bigger

@@ -532,3 +532,28 @@ def test_interest_projection_lets_interests_leave_the_non_negative_orthant(tiny_
     assert bool((free[mask] < 0).any()) and bool((free[mask] > 0).any())
     assert bool((free[~mask] == 0).all())
     assert isinstance(projected.interest_tower[-1], torch.nn.Linear)
+
+
+def test_dropout_prob_drops_behaviour_capsules_in_training_only(tiny_config):
+    """dropout_prob acts on the behaviour capsules while training (at p -> 1 every capsule is
+    dropped and each active interest is the tower's output for a zero capsule) and not at all
+    in evaluation (the same scores as the model without it)."""
+    model, _ = build(tiny_config, dropout_prob=0.999999)
+    plain, _ = build(tiny_config)
+    plain.load_state_dict(model.state_dict())
+    batch = sequences(model, [1, 2, 5, 9, L])
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        torch.testing.assert_close(model(seq, lengths)[0], plain(seq, lengths)[0])
+        model.train()
+        torch.manual_seed(0)
+        interests, mask = model(seq, lengths)
+        empty = model.interest_tower(torch.zeros(1, model.embedding_size))
+    assert bool(mask.any())
+    torch.testing.assert_close(interests[mask], empty.expand(int(mask.sum()), -1))
+
+
+def test_dropout_prob_out_of_range_is_one_clear_error(tiny_config):
+    from recbole_mind.errors import UserError
+    with pytest.raises(UserError, match="dropout_prob must be in"):
+        build(tiny_config, dropout_prob=1.0)
