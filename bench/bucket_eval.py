@@ -34,16 +34,12 @@ def load(path, overrides):
     from recbole.utils import init_seed
 
     from recbole_mind import quick_start
-    from recbole_mind.checkpoint import load_checkpoint
-    from recbole_mind.mind import VALUE_BEFORE_KEY
+    from recbole_mind.checkpoint import config_values, load_checkpoint
 
     checkpoint = load_checkpoint(path)  # a pickle: only a path the user named
     saved = checkpoint["config"]
-    values = {k: v for k, v in saved.external_config_dict.items() if k not in ("model", "dataset")}
-    if saved["model"] == "MIND":  # keys added since it was saved: as it was trained
-        values.update({k: v for k, v in VALUE_BEFORE_KEY.items() if k not in saved})
-    values.update(overrides)
-    config = quick_start.build_config(saved["model"], saved["dataset"], config_dict=values)
+    config = quick_start.build_config(saved["model"], saved["dataset"],
+                                      config_dict=config_values(checkpoint, overrides))
     init_seed(config["seed"], config["reproducibility"])
     _, train_data, _, test_data = quick_start.prepare_data(config)
     model = quick_start.resolve_model(saved["model"])(config, train_data._dataset)
@@ -57,13 +53,12 @@ def test_ranks(model, test_data):
     input sequence and the padding item removed from the ranking."""
     import torch
 
-    from recbole_mind.mind import exclude_input_sequence
+    from recbole_mind.quick_start import history_excluded
 
     users, lengths, ranks = [], [], []
-    with torch.no_grad():
+    with torch.no_grad(), history_excluded(model):
         for interaction, _, _, positive_i in test_data:
-            scores = model.full_sort_predict(interaction).view(len(interaction), -1).float().clone()
-            scores = exclude_input_sequence(scores, interaction[model.ITEM_SEQ])
+            scores = model.full_sort_predict(interaction).view(len(interaction), -1).float()
             scores[:, 0] = -math.inf
             target = scores.gather(1, positive_i.view(-1, 1))
             ranks.append((scores > target).sum(dim=1))

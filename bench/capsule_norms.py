@@ -38,19 +38,10 @@ def main():
     rows, model = explainer.rows, explainer.model
     user = rows[explainer.uid_field] if model.user_profile is not None else None
     seq, lengths = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
-    squashed = {}
-    route = model.routing.route
-
-    def capturing_route(*route_args, **route_kwargs):  # keeps the squashed capsules u_j
-        capsules, weights = route(*route_args, **route_kwargs)
-        squashed["u"] = capsules
-        return capsules, weights
-
-    model.routing.route = capturing_route
     with torch.no_grad():
         table = model.item_vectors()
-        interests, _ = model(seq, lengths, user)
-        u = squashed["u"][:, 0].norm(dim=-1)
+        interests, _, _, capsules = model(seq, lengths, user, return_routing=True)
+        u = capsules[:, 0].norm(dim=-1)
         z = (u / (1.0 - u).clamp(min=1e-9)).sqrt()  # |u| = |z|^2 / (1 + |z|^2)
         v = interests[:, 0].norm(dim=-1)
         width = model.interest_tower[0].in_features if len(model.interest_tower) else model.embedding_size

@@ -41,3 +41,18 @@ def check_matches(checkpoint, path, model_name, n_items, item_key="item_embeddin
             f"{checkpoint['config']['dataset']}), this dataset has {n_items}: use the dataset and "
             f"settings it was trained with"
         )
+
+
+def config_values(checkpoint, config_dict=None):
+    """The keys a checkpoint was trained with (its config's own, beyond the yaml defaults), for
+    rebuilding its config: model and dataset left out, and for MIND every key added to MIND.yaml
+    since it was saved at the value that behaves as it was trained (``mind.VALUE_BEFORE_KEY``),
+    not today's default; ``config_dict`` on top."""
+    from recbole_mind.mind import VALUE_BEFORE_KEY
+
+    saved = checkpoint["config"]
+    values = {k: v for k, v in saved.external_config_dict.items() if k not in ("model", "dataset")}
+    if saved["model"] == "MIND":
+        values.update({k: v for k, v in VALUE_BEFORE_KEY.items() if k not in saved})
+    values.update(config_dict or {})
+    return values

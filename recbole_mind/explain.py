@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mind import quick_start
-from recbole_mind.checkpoint import load_checkpoint as load_trusted_checkpoint
+from recbole_mind.checkpoint import config_values, load_checkpoint as load_trusted_checkpoint
 from recbole_mind.errors import UserError
-from recbole_mind.mind import MIND, VALUE_BEFORE_KEY
+from recbole_mind.mind import MIND
 
 # .item columns used as labels when the dataset has them (ml-100k: movie_title, class).
 TITLE_FIELDS = ("movie_title", "title")
@@ -72,10 +72,7 @@ def load_checkpoint(path, config_dict=None, title_field=None, genre_field=None):
     if saved_config["model"] != "MIND":
         raise UserError(f"{path} holds a {saved_config['model']} model: --explain needs a MIND checkpoint")
 
-    values = {k: v for k, v in saved_config.external_config_dict.items() if k not in ("model", "dataset")}
-    # keys added to MIND.yaml since the checkpoint was saved: as it was trained, not today's default
-    values.update({k: v for k, v in VALUE_BEFORE_KEY.items() if k not in saved_config})
-    values.update(config_dict or {})
+    values = config_values(checkpoint, config_dict)  # as trained, not today's defaults
     config = quick_start.build_config("MIND", saved_config["dataset"], config_dict=values)
     header = _item_header(config)
     title_field = _pick(header, title_field, TITLE_FIELDS)
@@ -160,8 +157,7 @@ class Explainer:
             seq = rows[m.ITEM_SEQ][start:start + batch_size]
             length = rows[m.ITEM_SEQ_LEN][start:start + batch_size]
             user = rows[self.uid_field][start:start + batch_size]
-            interests, mask, weights = m.forward(seq, length, user, return_weights=True)
-            capsules, _ = m.routing(m.item_vectors(seq), seq > 0, mask)
+            interests, mask, weights, capsules = m.forward(seq, length, user, return_routing=True)
             for k, v in zip(out, (interests, capsules, mask, weights)):
                 out[k].append(v)
         routed = {k: torch.cat(v) for k, v in out.items()}

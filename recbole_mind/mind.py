@@ -360,14 +360,17 @@ class MIND(SequentialRecommender):
         positions = torch.arange(self.interest_num, device=item_seq_len.device)
         return positions.unsqueeze(0) < active.unsqueeze(1)
 
-    def forward(self, item_seq, item_seq_len, user=None, return_weights=False, table=None):
-        """Interest vectors [B, K, d] (inactive ones zero) and the active mask [B, K].
+    def forward(self, item_seq, item_seq_len, user=None, return_routing=False, table=None):
+        """Interest vectors [B, K, d] (inactive ones zero) and the active mask [B, K]; with
+        ``return_routing`` also the last routing weights [B, L, K] and the capsules u_j [B, K, d]
+        (routing output before the tower H), for explaining the model as it computes.
 
         ``table``: all item vectors, if the caller has them (training with CE, full sort).
         """
         seq_mask = item_seq > 0
-        positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
-        recency = (item_seq_len.unsqueeze(1) - 1 - positions).clamp(min=0)  # 0: the most recent
+        if self.behaviour_window or self.recency_gain:
+            positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
+            recency = (item_seq_len.unsqueeze(1) - 1 - positions).clamp(min=0)  # 0: the most recent
         if self.behaviour_window:
             # Only the last behaviour_window behaviours are routed (the rest weigh 0, in place).
             # Not in the spec, which routes all of them: on these datasets the next item follows
@@ -394,13 +397,14 @@ class MIND(SequentialRecommender):
             # results/experiments.md.
             projected = projected * self.recency_log_gain.exp()[recency].unsqueeze(-1)
         capsules, weights = self.routing.route(projected, seq_mask, interest_mask)
+        tower_input = capsules
         if self.user_profile is not None:
             profile, _ = self.user_profile(user)  # [B, F, d]
             profile = profile.flatten(1).unsqueeze(1).expand(-1, self.interest_num, -1)
-            capsules = torch.cat([capsules, profile], dim=-1)
-        interests = self.interest_tower(capsules) * interest_mask.unsqueeze(-1)
-        if return_weights:
-            return interests, interest_mask, weights
+            tower_input = torch.cat([capsules, profile], dim=-1)
+        interests = self.interest_tower(tower_input) * interest_mask.unsqueeze(-1)
+        if return_routing:
+            return interests, interest_mask, weights, capsules
         return interests, interest_mask
 
     def _interests_of(self, interaction, table=None):

@@ -162,6 +162,11 @@ def test_health_and_user_explanation_agree_with_the_model(trained):
         best = torch.einsum("bd,bd->b", routed["interests"][torch.arange(240), winner],
                             model.item_vectors(routed["target"]))
     assert torch.allclose(best, full[torch.arange(240), routed["target"]], atol=1e-5)
+    # The capsules shown are the ones the model routed (recency gains, window and all): the
+    # tower maps them to the interests.
+    with torch.no_grad():
+        towered = model.interest_tower(routed["capsules"]) * routed["mask"].unsqueeze(-1)
+    torch.testing.assert_close(towered, routed["interests"])
 
     token = explainer.dataset.id2token(explainer.uid_field, int(routed["user"][3]))
     explained = explainer.explain_user(token)

@@ -80,8 +80,8 @@ def test_exactly_k_prime_interests_are_active(tiny_config, k, dynamic):
     lengths = list(range(1, L + 1))
     batch = sequences(model, lengths)
     with torch.no_grad():
-        interests, mask, weights = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN],
-                                                 batch[model.USER_ID], return_weights=True)
+        interests, mask, weights, _ = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN],
+                                                    batch[model.USER_ID], return_routing=True)
     expected = [spec_active_count(n, k, dynamic) for n in lengths]
     assert mask.sum(dim=1).tolist() == expected
     for row, active in enumerate(expected):
