@@ -36,7 +36,7 @@ SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
 # is rebuilt as it was trained; --compare judges old records the same way.
 VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
                     "routing_init": "random", "behaviour_window": 0, "recency_gain": False,
-                    "interest_projection": False, "dropout_prob": 0.0}
+                    "interest_projection": False, "dropout_prob": 0.0, "recency_maps": 0}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -197,6 +197,7 @@ def read_hyper_parameters(config):
         routing_init=param("routing_init", str),
         behaviour_window=param("behaviour_window", int),
         recency_gain=param("recency_gain", boolean),
+        recency_maps=param("recency_maps", int),
         routing_softmax_axis=param("routing_softmax_axis", str),
         routing_seed=param("routing_seed", int),
         hidden_layers=param("hidden_layers", int),
@@ -227,6 +228,10 @@ def read_hyper_parameters(config):
         problems.append(f"routing_init_std must be > 0, got {hp.routing_init_std}")
     if hp.behaviour_window < 0:
         problems.append(f"behaviour_window must be >= 0 (0: every behaviour), got {hp.behaviour_window}")
+    max_length = config["MAX_ITEM_LIST_LENGTH"] if "MAX_ITEM_LIST_LENGTH" in config else None
+    if hp.recency_maps < 0 or (max_length is not None and hp.recency_maps > max_length):
+        problems.append(f"recency_maps must be in [0, MAX_ITEM_LIST_LENGTH = {max_length}] (0: one shared S), "
+                        f"got {hp.recency_maps}")
     if not 0.0 <= hp.dropout_prob < 1.0:
         problems.append(f"dropout_prob must be in [0, 1), got {hp.dropout_prob}")
     if hp.routing_init not in ("random", "seeded"):
@@ -266,6 +271,7 @@ class MIND(SequentialRecommender):
         self.routing_iterations = hp.routing_iterations
         self.behaviour_window = hp.behaviour_window
         self.recency_gain = hp.recency_gain
+        self.recency_maps = hp.recency_maps
         self.hidden_layers = hp.hidden_layers
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
@@ -310,6 +316,11 @@ class MIND(SequentialRecommender):
         if self.recency_gain:
             # log g_t for t = 0 (the most recent behaviour) .. L-1; zero: every gain 1, the spec
             self.recency_log_gain = nn.Parameter(torch.zeros(self.max_seq_length))
+        if self.recency_maps:
+            # S_t = S + D_t for the recency_maps most recent behaviours (t = 0: the last one);
+            # D_t [d_out, d_in] start at zero: every S_t = S, the spec
+            self.recency_map_delta = nn.Parameter(
+                torch.zeros(self.recency_maps, self.embedding_size, self.embedding_size))
         self.attention = LabelAwareAttention(self.attention_power)
         if self.loss_type == "BPR":
             self.bpr_loss = BPRLoss()
@@ -368,6 +379,7 @@ class MIND(SequentialRecommender):
         ``table``: all item vectors, if the caller has them (training with CE, full sort).
         """
         seq_mask = item_seq > 0
+        seq_len = item_seq_len  # the window below clamps item_seq_len for K'_u
         if self.behaviour_window or self.recency_gain:
             positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
             recency = (item_seq_len.unsqueeze(1) - 1 - positions).clamp(min=0)  # 0: the most recent
@@ -388,6 +400,8 @@ class MIND(SequentialRecommender):
             projected = nn.functional.embedding(item_seq, self.routing.bilinear(table))
         else:
             projected = self.routing.bilinear(self.item_vectors(item_seq))
+        if self.recency_maps:
+            projected = self._add_recency_maps(projected, item_seq, seq_len, table)
         if self.behaviour_dropout is not None:
             projected = self.behaviour_dropout(projected)
         if self.recency_gain:
@@ -406,6 +420,26 @@ class MIND(SequentialRecommender):
         if return_routing:
             return interests, interest_mask, weights, capsules
         return interests, interest_mask
+
+    def _add_recency_maps(self, projected, item_seq, seq_len, table):
+        """Behaviour capsules S_t e_i = S e_i + D_t e_i for the rows' recency_maps most recent
+        behaviours (t = 0: the last one); the older ones keep the shared S.
+
+        Not in the spec, whose one shared S makes a capsule the same map of e_i wherever the
+        behaviour stands: with a map per recency the last item can say "what comes next" and
+        the older ones "what the user likes" (recency_gain only scales them). Only the m latest
+        of each row are gathered, so the cost is B x m x d^2, not B x L x d^2. Measured in
+        results/experiments.md.
+        """
+        m = min(self.recency_maps, item_seq.size(1))
+        steps = torch.arange(m, device=item_seq.device).unsqueeze(0)
+        positions = (seq_len.unsqueeze(1) - 1 - steps).clamp(min=0)  # [B, m]: position of recency t
+        valid = (steps < seq_len.unsqueeze(1)).unsqueeze(-1)
+        items = item_seq.gather(1, positions)
+        vectors = table[items] if table is not None else self.item_vectors(items)
+        delta = torch.einsum("bmi,moi->bmo", vectors, self.recency_map_delta[:m]) * valid
+        index = positions.unsqueeze(-1).expand(-1, -1, projected.size(-1))
+        return projected.scatter_add(1, index, delta.to(projected.dtype))
 
     def _interests_of(self, interaction, table=None):
         user = interaction[self.USER_ID] if self.user_profile is not None else None

@@ -16,7 +16,7 @@ FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
-SPEC = {"exclude_history": False, "behaviour_window": 0, "recency_gain": False, "interest_projection": False}  # the spec: every behaviour routed, ranking over all items
+SPEC = {"exclude_history": False, "behaviour_window": 0, "recency_gain": False, "recency_maps": 0, "interest_projection": False}  # the spec: every behaviour routed, ranking over all items
 
 
 def build(tiny_config, **overrides):
@@ -557,3 +557,50 @@ def test_dropout_prob_out_of_range_is_one_clear_error(tiny_config):
     from recbole_mind.errors import UserError
     with pytest.raises(UserError, match="dropout_prob must be in"):
         build(tiny_config, dropout_prob=1.0)
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_recency_maps_give_the_latest_behaviours_their_own_bilinear_map(tiny_config, window):
+    """recency_maps m: the capsule of the behaviour at recency t < m is (S + D_t) e_i, the older
+    ones S e_i, checked against a per-row loop (also inside a behaviour_window, which must not
+    shift the recency); with D_t = 0 (the start) it is the spec's model, padding after n changes
+    nothing, and the gradient reaches D_t."""
+    m = 3
+    model, _ = build(tiny_config, recency_maps=m, routing_iterations=2, behaviour_window=window)
+    plain, _ = build(tiny_config, routing_iterations=2, behaviour_window=window)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "recency_map_delta"})
+    batch = sequences(model, [1, 2, 5, 9, L])
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(seq, lengths)[0], plain(seq, lengths)[0])  # D_t = 0
+        model.recency_map_delta.copy_(torch.randn(m, model.embedding_size, model.embedding_size))
+        interests, mask = model(seq, lengths)
+        for row, n in enumerate(lengths.tolist()):
+            vectors = model.item_vectors(seq[row])  # [L, d]
+            projected = model.routing.bilinear(vectors).clone()
+            for t in range(min(m, n)):
+                S_t = model.routing.bilinear.weight + model.recency_map_delta[t]
+                projected[n - 1 - t] = S_t @ vectors[n - 1 - t]
+            routed = seq[row:row + 1] > 0
+            if window:
+                routed[0, :max(0, n - window)] = False
+            expected, _ = model.routing.route(projected.unsqueeze(0), routed, mask[row:row + 1])
+            torch.testing.assert_close(interests[row:row + 1],
+                                       model.interest_tower(expected) * mask[row:row + 1].unsqueeze(-1))
+        assert not torch.allclose(interests, plain(seq, lengths)[0])
+        narrow = sequences(model, [1, 2, 5, 9], width=L - 1)
+        wide = sequences(model, [1, 2, 5, 9], width=L)
+        torch.testing.assert_close(model(wide[model.ITEM_SEQ], wide[model.ITEM_SEQ_LEN])[0],
+                                   model(narrow[model.ITEM_SEQ], narrow[model.ITEM_SEQ_LEN])[0])
+    model.train()
+    model.calculate_loss(batch).backward()
+    assert model.recency_map_delta.grad is not None and bool(model.recency_map_delta.grad.abs().sum() > 0)
+
+
+def test_recency_maps_out_of_range_is_one_clear_error(tiny_config):
+    from recbole_mind.errors import UserError
+    with pytest.raises(UserError, match="recency_maps must be in"):
+        build(tiny_config, recency_maps=-1)
+    with pytest.raises(UserError, match="recency_maps must be in"):
+        build(tiny_config, recency_maps=L + 1)
