@@ -1,4 +1,5 @@
-"""Where one model beats another: test NDCG@10 and Recall@50 by the length of the user's history.
+"""Where one model beats another: test NDCG@10 and Recall@50 by the length of the user's history
+(or, with ``--by popularity``, by how often the test item occurs in the training split).
 
 Loads trained checkpoints of any RecBole sequential model (MIND or a built-in, from the
 comparison's ``saved/compare/...`` or from bench/mind_experiments.py), ranks every item for each
@@ -6,6 +7,8 @@ test row with the model's own ``full_sort_predict``, removes the row's input seq
 ranking for every model alike (as the comparison's history-excluded table does), and reports
 the metrics per bucket of history length n (the items before the test item, capped at
 MAX_ITEM_LIST_LENGTH). The "all" row reproduces each model's history-excluded test figures.
+``--by popularity`` buckets the rows by the test item's count among the training split's
+interactions instead: whether a model loses on the head of the catalogue or on its tail.
 
 A multi-interest model should gain where histories are long and mixed; an order-aware one where
 the next item follows the last. This measures which it is, per dataset.
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mind_experiments import parse_overrides  # noqa: E402
 
 BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 49), (50, 50))
+POPULARITY_BUCKETS = ((0, 0), (1, 9), (10, 49), (50, 199), (200, 999), (1000, 10**9))
 
 
 def load(path, overrides):
@@ -45,26 +49,37 @@ def load(path, overrides):
     model = quick_start.resolve_model(saved["model"])(config, train_data._dataset)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
-    return model.eval(), test_data
+    return model.eval(), test_data, train_counts(train_data._dataset)
+
+
+def train_counts(dataset):
+    """[n_items] interactions of each item in the training split."""
+    import torch
+
+    counts = torch.zeros(dataset.item_num, dtype=torch.long)
+    items = dataset.inter_feat[dataset.iid_field]
+    counts.scatter_add_(0, items, torch.ones_like(items))
+    return counts
 
 
 def test_ranks(model, test_data):
-    """(user ids, history lengths, 0-based ranks of the test item) over all test rows, the row's
-    input sequence and the padding item removed from the ranking."""
+    """(user ids, history lengths, test items, 0-based ranks of the test item) over all test
+    rows, the row's input sequence and the padding item removed from the ranking."""
     import torch
 
     from recbole_mind.quick_start import history_excluded
 
-    users, lengths, ranks = [], [], []
+    users, lengths, targets, ranks = [], [], [], []
     with torch.no_grad(), history_excluded(model):
         for interaction, _, _, positive_i in test_data:
             scores = model.full_sort_predict(interaction).view(len(interaction), -1).float()
             scores[:, 0] = -math.inf
             target = scores.gather(1, positive_i.view(-1, 1))
+            targets.append(positive_i.view(-1))
             ranks.append((scores > target).sum(dim=1))
             lengths.append(interaction[model.ITEM_SEQ_LEN])
             users.append(interaction[model.USER_ID])
-    return torch.cat(users), torch.cat(lengths), torch.cat(ranks)
+    return torch.cat(users), torch.cat(lengths), torch.cat(targets), torch.cat(ranks)
 
 
 def metrics(ranks):
@@ -79,6 +94,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--by", choices=("history", "popularity"), default="history",
+                        help="bucket the test rows by history length or by the test item's training count")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
 
@@ -91,24 +108,25 @@ def main():
         label, sep, path = spec.partition("=")
         if not sep:
             raise SystemExit(f"error: --checkpoint {spec!r} is not LABEL=PATH")
-        model, test_data = load(path, overrides)
-        users, lengths, ranks = test_ranks(model, test_data)
+        model, test_data, counts = load(path, overrides)
+        users, lengths, targets, ranks = test_ranks(model, test_data)
         order = users.argsort()
-        results[label] = (users[order], lengths[order], ranks[order])
+        key = lengths if args.by == "history" else counts[targets]
+        results[label] = (users[order], key[order], ranks[order])
     labels = list(results)
-    users, lengths, _ = results[labels[0]]
+    users, keys, _ = results[labels[0]]
     for label in labels[1:]:
         if not torch.equal(results[label][0], users):
             raise SystemExit(f"error: {label} was not evaluated on the same test users as {labels[0]}")
 
-    header = ["history n", "users"] + [f"{label} {m}" for label in labels for m in ("NDCG@10", "R@50")]
+    header = ["history n" if args.by == "history" else "test item's training count", "users"] + [f"{label} {m}" for label in labels for m in ("NDCG@10", "R@50")]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for low, high in ((1, 10**9), *BUCKETS):
-        rows = (lengths >= low) & (lengths <= high)
+    for low, high in ((-1, 10**9), *(BUCKETS if args.by == "history" else POPULARITY_BUCKETS)):
+        rows = (keys >= low) & (keys <= high)
         if not bool(rows.any()):
             continue
-        name = "all" if high == 10**9 else (str(low) if low == high else f"{low}-{high}")
+        name = "all" if low == -1 else (str(low) if low == high else f"{low}+" if high == 10**9 else f"{low}-{high}")
         cells = [name, str(int(rows.sum()))]
         for label in labels:
             cells += [f"{v:.4f}" for v in metrics(results[label][2][rows])]
