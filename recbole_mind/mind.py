@@ -36,7 +36,8 @@ SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
 # is rebuilt as it was trained; --compare judges old records the same way.
 VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
                     "routing_init": "random", "behaviour_window": 0, "recency_gain": False,
-                    "interest_projection": False, "dropout_prob": 0.0, "recency_maps": 0}
+                    "interest_projection": False, "dropout_prob": 0.0, "recency_maps": 0,
+                    "history_negatives": False}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -206,6 +207,7 @@ def read_hyper_parameters(config):
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
         exclude_history=param("exclude_history", boolean),
+        history_negatives=param("history_negatives", boolean),
         softmax_dtype=param("softmax_dtype", str),
         loss_type=param("loss_type", str),
         num_negatives=param("num_negatives", int),
@@ -276,6 +278,10 @@ class MIND(SequentialRecommender):
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
         self.exclude_history = hp.exclude_history
+        # With exclude_history, keep the input sequence's items as negatives of the training
+        # softmax all the same (the hardest ones: the interests are built from them) and remove
+        # them only from the ranking. Not in the spec, whose softmax has them anyway.
+        self.exclude_history_in_training = hp.exclude_history and not hp.history_negatives
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
@@ -458,12 +464,12 @@ class MIND(SequentialRecommender):
             # the exact softmax over all items but padding (and the history), in cache-sized
             # chunks: the same loss and gradients as cross_entropy(user_vec @ table.T) without
             # its [B, n_items] tensors, which made up most of a step (recbole_mind/softmax.py)
-            excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
+            excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history_in_training else None
             return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
                                                  matmul_dtype=self.softmax_matmul_dtype)
         if self.loss_type == "SSM":
             return self._sampled_softmax_loss(user_vec, pos_items, pos_emb,
-                                              item_seq if self.exclude_history else None)
+                                              item_seq if self.exclude_history_in_training else None)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
             torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device)
         )

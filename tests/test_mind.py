@@ -372,6 +372,26 @@ def test_exclude_history_leaves_behaviours_out_of_the_training_softmax(tiny_conf
     assert not torch.isclose(loss, full, rtol=1e-4), "history items must leave the softmax"
 
 
+def test_history_negatives_keep_behaviours_in_the_training_softmax_only(tiny_config):
+    """history_negatives: the input sequence's items stay negatives of the training softmax
+    (the loss of the spec's full softmax) while the ranking still leaves them out."""
+    model, train_data = build(tiny_config, exclude_history=True, history_negatives=True)
+    excluding, _ = build(tiny_config, exclude_history=True)
+    excluding.load_state_dict(model.state_dict())
+    model.train()
+    batch = fixed_batch(train_data)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        full = hand_ce_loss(model, batch, 3, exclude=False)
+    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
+    model.eval(), excluding.eval()
+    rows = sequences(model, [1, 3, 5, L])
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(rows), excluding.full_sort_predict(rows))
+        torch.testing.assert_close(model.predict(rows), excluding.predict(rows))
+
+
 def test_exclude_history_masks_sampled_negatives_in_the_history(tiny_config):
     model, train_data = build(tiny_config, exclude_history=True, loss_type="SSM", num_negatives=20)
     model.train()
