@@ -34,14 +34,10 @@ from mind_experiments import parse_overrides  # noqa: E402
 
 
 def spearman(a, b):
-    import torch
+    """Spearman rank correlation of two 1-d tensors (pandas computes it)."""
+    import pandas as pd
 
-    def ranks(x):
-        return torch.argsort(torch.argsort(x)).double()
-
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+    return float(pd.Series(a.numpy()).corr(pd.Series(b.numpy()), method="spearman"))
 
 
 def figures(model, test_data, counts):
@@ -52,11 +48,11 @@ def figures(model, test_data, counts):
     interaction, _, _, positive_i = next(iter(test_data))
     seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
     with torch.no_grad():
-        if isinstance(model, MIND):
-            exclude, model.exclude_history = model.exclude_history, False  # raw scores
-            scores = model.full_sort_predict(interaction).view(len(interaction), -1)
-            model.exclude_history = exclude
-            users = model._interests_of(interaction)[0][:, 0]
+        if isinstance(model, MIND):  # raw scores: full_sort_predict's history filter left out
+            table = model.item_vectors()
+            interests, mask = model._interests_of(interaction, table)
+            scores = model.max_interest_scores(interests, mask, table)
+            users = interests[:, 0]
         else:
             scores = model.full_sort_predict(interaction).view(len(interaction), -1)
             users = model.forward(seq, lengths)
