@@ -489,6 +489,33 @@ def test_behaviour_window_routes_only_the_last_behaviours(tiny_config):
         torch.testing.assert_close(model(seq, lengths)[0], spec_interests)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_behaviour_window_gathered_equals_routing_the_masked_sequence(tiny_config, training):
+    """For speed the window's behaviours are gathered into a [B, w] sequence before routing; that
+    must equal routing the whole sequence with everything before the window masked, each
+    behaviour starting from its own position's logit (the fixed draw in evaluation, the same
+    random draw in training), and the routing weights must come back per input position."""
+    window = 4
+    model, _ = build(tiny_config, behaviour_window=window, recency_gain=True, routing_iterations=2)
+    with torch.no_grad():
+        model.recency_log_gain.copy_(torch.linspace(1.0, -2.0, L))
+    batch = sequences(model, [1, 3, 4, 7, L])
+    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    model.train(training)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        interests, mask, weights, _ = model(seq, lengths, return_routing=True)
+        torch.manual_seed(7)
+        logits = model.routing.initial_logits(seq.size(0), L, seq.device)
+        recency = (lengths.unsqueeze(1) - 1 - torch.arange(L)).clamp(min=0)
+        routed = (seq > 0) & (recency < window)
+        projected = model.routing.bilinear(model.item_vectors(seq)) * model.recency_log_gain.exp()[recency].unsqueeze(-1)
+        capsules, expected_weights = model.routing.route(projected, routed, mask, logits)
+    torch.testing.assert_close(interests, model.interest_tower(capsules) * mask.unsqueeze(-1))
+    torch.testing.assert_close(weights, expected_weights)
+    assert bool(weights[-1, : L - window].eq(0).all()) and bool(weights[-1, L - window:].gt(0).any())
+
+
 def test_a_checkpoint_config_from_before_a_key_existed_keeps_the_old_behaviour(tiny_config):
     """A fresh config holds every MIND.yaml key; one saved in an older checkpoint lacks the keys
     added since, and must rebuild the model it trained (not today's defaults for those keys)."""
