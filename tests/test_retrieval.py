@@ -29,6 +29,8 @@ def trained(tiny_root, tmp_path_factory):
             # full_sort_predict ranks every item, so the flat index can be checked against it
             # with and without retrieval's own history filter
             "exclude_history": False, "behaviour_window": 0,
+            # the spec's dynamic K: short histories get fewer than K interests, masked in retrieval
+            "dynamic_interest": True,
         })
         config, dataset, model = retrieval.load_checkpoint(result["saved_model_file"])
     users, item_seq, item_seq_len, history = retrieval.user_histories(dataset, model.max_seq_length)
