@@ -24,7 +24,7 @@ from torch import nn
 
 from recbole_mind import softmax as chunked_softmax
 from recbole_mind.errors import UserError
-from recbole_mind.routing import RANDOM, B2IRouting, active_interest_count
+from recbole_mind.routing import B2IRouting, active_interest_count
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
@@ -385,7 +385,7 @@ class MIND(SequentialRecommender):
         ``table``: all item vectors, if the caller has them (training with CE, full sort).
         """
         full_length = item_seq.size(1)
-        window_positions, logits = None, None
+        window_positions = None
         if self.behaviour_window and self.behaviour_window < full_length:
             # Only the last behaviour_window behaviours are routed. Not in the spec, which routes
             # all of them: on these datasets the next item follows the last few, and a bag of 50
@@ -396,16 +396,12 @@ class MIND(SequentialRecommender):
             # routing step on 2048 x 5 instead of 2048 x 50 behaviours took 6.5 ms instead of 35.
             # The start logits are those of the behaviours' own positions (the same random draw
             # in training, the same fixed draw in evaluation), so the interests equal routing
-            # the whole masked sequence (tests/test_mind.py).
+            # the whole masked sequence (B2IRouting.route with positions; tests/test_mind.py).
             steps = torch.arange(self.behaviour_window, device=item_seq.device)
             window_positions = (item_seq_len.unsqueeze(1) - self.behaviour_window).clamp(min=0) + steps
             item_seq = item_seq.gather(1, window_positions)
             item_seq_len = item_seq_len.clamp(max=self.behaviour_window)
-            if self.routing.init == RANDOM:
-                logits = self.routing.initial_logits(item_seq.size(0), full_length, item_seq.device)
-                logits = logits.gather(1, window_positions.unsqueeze(-1).expand(-1, -1, self.interest_num))
         seq_mask = item_seq > 0
-        seq_len = item_seq_len
         if self.recency_gain:
             positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
             recency = (item_seq_len.unsqueeze(1) - 1 - positions).clamp(min=0)  # 0: the most recent
@@ -424,7 +420,7 @@ class MIND(SequentialRecommender):
         else:
             projected = self.routing.bilinear(self.item_vectors(item_seq))
         if self.recency_maps:
-            projected = self._add_recency_maps(projected, item_seq, seq_len, table)
+            projected = self._add_recency_maps(projected, item_seq, item_seq_len, table)
         if self.behaviour_dropout is not None:
             projected = self.behaviour_dropout(projected)
         if self.recency_gain:
@@ -433,7 +429,8 @@ class MIND(SequentialRecommender):
             # capsule pulls its interest harder and counts more in z_j). Measured in
             # results/experiments.md.
             projected = projected * self.recency_log_gain.exp()[recency].unsqueeze(-1)
-        capsules, weights = self.routing.route(projected, seq_mask, interest_mask, logits)
+        capsules, weights = self.routing.route(projected, seq_mask, interest_mask,
+                                               positions=window_positions, seq_length=full_length)
         tower_input = capsules
         if self.user_profile is not None:
             profile, _ = self.user_profile(user)  # [B, F, d]

@@ -72,17 +72,24 @@ class B2IRouting(nn.Module):
             torch.randn(max_seq_length, interest_num, generator=generator) * init_std,
         )
 
-    def initial_logits(self, batch_size, seq_length, device):
+    def initial_logits(self, batch_size, seq_length, device, positions=None):
+        """[B, seq_length, K] random start logits (a fresh draw in training, the fixed draw in
+        evaluation); with ``positions`` [B, w], those positions' logits [B, w, K] out of the same
+        [B, seq_length, K]: behaviours gathered from a longer sequence keep their own."""
         if self.training:
             # The buffer's dtype follows .double()/.half(), so training logits match the capsules.
-            return torch.randn(batch_size, seq_length, self.interest_num, device=device,
-                               dtype=self.eval_logits.dtype) * self.init_std
-        if seq_length > self.eval_logits.size(0):
+            logits = torch.randn(batch_size, seq_length, self.interest_num, device=device,
+                                 dtype=self.eval_logits.dtype) * self.init_std
+        elif seq_length > self.eval_logits.size(0):
             raise ValueError(
                 f"sequence length {seq_length} exceeds MAX_ITEM_LIST_LENGTH "
                 f"{self.eval_logits.size(0)} the model was built with"
             )
-        return self.eval_logits[:seq_length].unsqueeze(0).expand(batch_size, -1, -1)
+        else:
+            logits = self.eval_logits[:seq_length].unsqueeze(0).expand(batch_size, -1, -1)
+        if positions is None:
+            return logits
+        return logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, self.interest_num))
 
     @staticmethod
     def seed_positions(projected, seq_mask, interest_num):
@@ -135,15 +142,21 @@ class B2IRouting(nn.Module):
         """
         return self.route(self.bilinear(behaviours), seq_mask, interest_mask, logits)
 
-    def route(self, projected, seq_mask, interest_mask, logits=None):
+    def route(self, projected, seq_mask, interest_mask, logits=None, positions=None, seq_length=None):
         """:meth:`forward` from the behaviour capsules S e_i [B, L, d] themselves (a caller that
-        has S applied to the whole item table gathers them from it: far fewer rows than B x L)."""
-        batch_size, seq_length, _ = projected.shape
+        has S applied to the whole item table gathers them from it: far fewer rows than B x L).
+
+        ``positions`` [B, L] and ``seq_length``: the behaviours were gathered from these
+        positions of a sequence of ``seq_length``, and the random start takes those positions'
+        logits (:meth:`initial_logits`), so routing them equals routing the whole sequence with
+        the others masked. The seeded start needs neither: it is computed from the behaviours.
+        """
+        batch_size, routed_length, _ = projected.shape
         projected_const = projected.detach()
         if logits is None and self.init == SEEDED:
             logits = self.seeded_logits(projected_const, seq_mask, interest_mask)
         elif logits is None:
-            logits = self.initial_logits(batch_size, seq_length, projected.device)
+            logits = self.initial_logits(batch_size, seq_length or routed_length, projected.device, positions)
         mask = seq_mask.unsqueeze(-1) & interest_mask.unsqueeze(1)  # [B, L, K]
         for iteration in range(self.iterations):
             weights = self.routing_weights(logits, mask)
