@@ -163,6 +163,7 @@ class Explainer:
         routed = {k: torch.cat(v) for k, v in out.items()}
         routed.update(user=rows[self.uid_field], items=rows[m.ITEM_SEQ],
                       length=rows[m.ITEM_SEQ_LEN], target=rows[m.POS_ITEM_ID])
+        routed["routed"] = routed_positions(routed["items"], routed["length"], m.behaviour_window)
         if index is None:
             self._routed = routed
         return routed
@@ -274,8 +275,14 @@ class Explainer:
         multi = routed["mask"].sum(dim=1) >= 2
         if not bool(multi.any()):
             return None  # one interest: every assignment is the same, purity equals its baseline
-        return routing_purity(routed["items"][multi], self.assignment(routed)[multi], labels,
-                              routed["mask"].size(1), draws=draws, seed=seed)
+        items, assignment = routed["items"][multi], self.assignment(routed)[multi]
+        window = self.model.behaviour_window
+        if window and window < items.size(1):  # only the routed behaviours: the last w of each row
+            length = routed["length"][multi]
+            positions = (length.unsqueeze(1) - window).clamp(min=0) + torch.arange(window)
+            items, assignment = items.gather(1, positions), assignment.gather(1, positions)
+            items = items * (torch.arange(window) < length.clamp(max=window).unsqueeze(1))
+        return routing_purity(items, assignment, labels, routed["mask"].size(1), draws=draws, seed=seed)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -362,6 +369,15 @@ def routing_purity(items, assignment, labels, interest_num, draws=PURITY_DRAWS, 
             "users": int(items.size(0)), "draws": draws}
 
 
+def routed_positions(items, length, window):
+    """[B, L] bool: the behaviours MIND routes, each row's last ``window`` ones (all when 0)."""
+    positions = torch.arange(items.size(1), device=items.device).unsqueeze(0)
+    routed = items > 0
+    if window:
+        routed &= positions >= (length.unsqueeze(1) - window)
+    return routed
+
+
 def capsule_health(routed, target_emb, initial_logits=None):
     """Capsule statistics over users, all vectorised.
 
@@ -383,7 +399,9 @@ def capsule_health(routed, target_emb, initial_logits=None):
         return torch.where(count > 0, (gram * pair).sum(dim=(1, 2)) / count.clamp(min=1), float("nan"))
 
     scores = torch.einsum("bkd,bd->bk", routed["interests"], target_emb).masked_fill(~mask, float("-inf"))
-    seq_mask = routed["items"] > 0
+    # the behaviours routing saw (with behaviour_window, the last w of each row; not the older
+    # ones it never weighs, which would count as weight 0 on interest 0)
+    seq_mask = routed["routed"] if "routed" in routed else routed["items"] > 0
     health = {
         "active": mask.sum(dim=1).numpy(),
         "cosine": mean_cosine(routed["interests"]).numpy(),

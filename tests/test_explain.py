@@ -182,6 +182,27 @@ def test_health_and_user_explanation_agree_with_the_model(trained):
     assert explained["behaviours"][0].endswith("]")  # 'item [genre]'
 
 
+def test_statistics_count_only_the_behaviours_routed_under_a_window(trained):
+    """With behaviour_window w the model routes each row's last w behaviours; the older ones
+    have weight 0 everywhere and must not count as behaviours routed to interest 0."""
+    window = 3
+    explainer = explain.load_checkpoint(trained, config_dict={"behaviour_window": window})
+    routed = explainer.route()
+    length = routed["length"]
+    assert int(length.min()) > window  # the planted rows are longer than the window
+    health = explainer.capsule_health()
+    assert len(health["max_weight"]) == int(length.clamp(max=window).sum())
+    assert (health["max_weight"] > 0).all()
+    assert len(health["follows_init"]) == len(health["max_weight"])
+    labels = explainer.genre_labels()
+    got = explainer.purity(labels, draws=3)
+    positions = (length.unsqueeze(1) - window) + torch.arange(window)  # the routed behaviours
+    by_hand = explain.routing_purity(routed["items"].gather(1, positions),
+                                     explainer.assignment(routed).gather(1, positions), labels,
+                                     routed["mask"].size(1), draws=3)
+    assert got == by_hand
+
+
 def test_cli_writes_pictures_and_rejects_bad_input(trained, tmp_path, capsys):
     out = tmp_path / "explained"
     assert cli.main(["--explain", "--checkpoint", trained, "--users", "1,7", "--output_dir", str(out)]) == 0
