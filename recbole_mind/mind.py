@@ -37,7 +37,8 @@ SOFTMAX_DTYPE_CHOICES = ("auto", *SOFTMAX_DTYPES)
 VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
                     "routing_init": "random", "behaviour_window": 0, "recency_gain": False,
                     "interest_projection": False, "dropout_prob": 0.0, "recency_maps": 0,
-                    "history_negatives": False}
+                    "history_negatives": False, "interest_recency": False,
+                    "interest_recency_gain": False, "interest_residual": False}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -203,6 +204,9 @@ def read_hyper_parameters(config):
         routing_seed=param("routing_seed", int),
         hidden_layers=param("hidden_layers", int),
         interest_projection=param("interest_projection", boolean),
+        interest_recency=param("interest_recency", boolean),
+        interest_recency_gain=param("interest_recency_gain", boolean),
+        interest_residual=param("interest_residual", boolean),
         dropout_prob=param("dropout_prob", float),
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
@@ -226,6 +230,8 @@ def read_hyper_parameters(config):
         problems.append(f"embedding_size must be >= 1, got {hp.embedding_size}")
     if hp.hidden_layers < 0 or (hp.hidden_layers == 0 and hp.user_features):
         problems.append(f"hidden_layers must be >= 0, and >= 1 with user_features, got {hp.hidden_layers}")
+    if hp.interest_recency and hp.hidden_layers == 0:
+        problems.append("interest_recency needs hidden_layers >= 1 (the tower is what reads it), got hidden_layers 0")
     if not hp.routing_init_std > 0:
         problems.append(f"routing_init_std must be > 0, got {hp.routing_init_std}")
     if hp.behaviour_window < 0:
@@ -274,6 +280,9 @@ class MIND(SequentialRecommender):
         self.behaviour_window = hp.behaviour_window
         self.recency_gain = hp.recency_gain
         self.recency_maps = hp.recency_maps
+        self.interest_recency = hp.interest_recency
+        self.interest_recency_gain = hp.interest_recency_gain
+        self.interest_residual = hp.interest_residual
         self.hidden_layers = hp.hidden_layers
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
@@ -306,7 +315,7 @@ class MIND(SequentialRecommender):
             iterations=self.routing_iterations, init_std=hp.routing_init_std,
             softmax_axis=hp.routing_softmax_axis, seed=hp.routing_seed, init=hp.routing_init,
         )
-        tower, width = [], self.embedding_size * (1 + len(self.user_features))
+        tower, width = [], self.embedding_size * (1 + len(self.user_features) + self.interest_recency)
         for _ in range(self.hidden_layers):
             tower += [nn.Linear(width, self.embedding_size), nn.ReLU()]
             width = self.embedding_size
@@ -327,6 +336,12 @@ class MIND(SequentialRecommender):
             # D_t [d_out, d_in] start at zero: every S_t = S, the spec
             self.recency_map_delta = nn.Parameter(
                 torch.zeros(self.recency_maps, self.embedding_size, self.embedding_size))
+        if self.interest_recency:
+            # r_t for t = 0 (the most recent behaviour) .. L-1; zero: the tower sees the spec's
+            # input plus nothing
+            self.recency_embedding = nn.Parameter(torch.zeros(self.max_seq_length, self.embedding_size))
+        if self.interest_recency_gain:
+            self.interest_log_gain = nn.Parameter(torch.zeros(self.max_seq_length))
         self.attention = LabelAwareAttention(self.attention_power)
         if self.loss_type == "BPR":
             self.bpr_loss = BPRLoss()
@@ -402,7 +417,7 @@ class MIND(SequentialRecommender):
             item_seq = item_seq.gather(1, window_positions)
             item_seq_len = item_seq_len.clamp(max=self.behaviour_window)
         seq_mask = item_seq > 0
-        if self.recency_gain:
+        if self.recency_gain or self.interest_recency or self.interest_recency_gain or self.interest_residual:
             positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
             recency = (item_seq_len.unsqueeze(1) - 1 - positions).clamp(min=0)  # 0: the most recent
         # K'_u from the routed behaviours. The spec's rule (dynamic_interest: True) then gives at
@@ -432,17 +447,52 @@ class MIND(SequentialRecommender):
         capsules, weights = self.routing.route(projected, seq_mask, interest_mask,
                                                positions=window_positions, seq_length=full_length)
         tower_input = capsules
+        if self.interest_recency:
+            tower_input = torch.cat([capsules, self._interest_recency(weights, recency)], dim=-1)
         if self.user_profile is not None:
             profile, _ = self.user_profile(user)  # [B, F, d]
             profile = profile.flatten(1).unsqueeze(1).expand(-1, self.interest_num, -1)
             tower_input = torch.cat([capsules, profile], dim=-1)
-        interests = self.interest_tower(tower_input) * interest_mask.unsqueeze(-1)
+        interests = self.interest_tower(tower_input)
+        if self.interest_residual:
+            # Not in the spec: v_j = H(u_j) + m_j with m_j the routing-weighted mean of the
+            # interest's behaviours' own item vectors (recency gains applied), so the score of
+            # item i keeps a direct e_b . e_i term, as the residual stream of SASRec (and
+            # GRU4Rec's shared table) keeps the last item's embedding. H alone maps a squashed
+            # capsule through one ReLU layer and loses that path. Measured in
+            # results/experiments.md (session 7).
+            behaviours = nn.functional.embedding(item_seq, table) if table is not None else self.item_vectors(item_seq)
+            if self.recency_gain:
+                behaviours = behaviours * self.recency_log_gain.exp()[recency].unsqueeze(-1)
+            mass = weights.sum(dim=1).clamp(min=1e-9).unsqueeze(-1)
+            interests = interests + torch.einsum("blk,bld->bkd", weights, behaviours) / mass
+        interests = interests * interest_mask.unsqueeze(-1)
+        if self.interest_recency_gain:
+            # Not in the spec: a scalar version of interest_recency (one learned log-gain per
+            # recency, averaged over the interest's behaviours by routing weight), so a recent
+            # interest can outscore an old one in the max. Measured in results/experiments.md.
+            mass = weights.sum(dim=1).clamp(min=1e-9)
+            log_gain = torch.einsum("blk,bl->bk", weights, self.interest_log_gain[recency]) / mass
+            interests = interests * log_gain.exp().unsqueeze(-1)
         if return_routing:
             if window_positions is not None:  # weights per position of the input sequence
                 index = window_positions.unsqueeze(-1).expand(-1, -1, self.interest_num)
                 weights = weights.new_zeros(weights.size(0), full_length, self.interest_num).scatter_(1, index, weights)
             return interests, interest_mask, weights, capsules
         return interests, interest_mask
+
+    def _interest_recency(self, weights, recency):
+        """[B, K, d]: each interest's mean recency embedding, r_j = sum_i c_ij r_t(i) / sum_i c_ij
+        with the routing's last weights c_ij (zero for padding and inactive interests).
+
+        Not in the spec: squash normalises every capsule, so an interest routed from the last
+        behaviour and one routed from the fifth last reach H alike and count alike in the max
+        over interests at serving, while the next item follows the last behaviour most. With
+        r_j beside u_j (as the spec puts the user profile beside it) H can make an interest
+        stronger or weaker by how recent its behaviours are. Measured in results/experiments.md.
+        """
+        mass = weights.sum(dim=1).clamp(min=1e-9).unsqueeze(-1)  # [B, K, 1]
+        return torch.einsum("blk,bld->bkd", weights, self.recency_embedding[recency]) / mass
 
     def _add_recency_maps(self, projected, item_seq, seq_len, table):
         """Behaviour capsules S_t e_i = S e_i + D_t e_i for the rows' recency_maps most recent

@@ -7,6 +7,7 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
+from recbole_mind.errors import UserError
 from recbole_mind.mind import MIND, LabelAwareAttention
 from recbole_mind.quick_start import build_config, prepare_data
 from recbole_mind.routing import BEHAVIOURS, INTERESTS, active_interest_count
@@ -563,6 +564,73 @@ def test_recency_gain_scales_each_behaviour_capsule_by_its_recency(tiny_config):
         torch.testing.assert_close(model(wide[model.ITEM_SEQ], wide[model.ITEM_SEQ_LEN])[0],
                                    model(narrow[model.ITEM_SEQ], narrow[model.ITEM_SEQ_LEN])[0])
 
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_interest_recency_feeds_each_interest_its_routing_weighted_recency(tiny_config, window):
+    """interest_recency: H reads [u_j, r_j] with r_j = sum_i c_ij r_t(i) / sum_i c_ij over the
+    routed behaviours (t: distance from the row's last one), checked against a loop over rows,
+    interests and behaviours with the routing's own weights; with r all zero it is the spec's
+    H on u_j (the tower's extra columns see zeros)."""
+    model, _ = build(tiny_config, interest_recency=True, behaviour_window=window, dynamic_interest=False)
+    lengths = [1, 2, 5, 9, L]
+    batch = sequences(model, lengths)
+    seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    first = model.interest_tower[0]
+    d = model.embedding_size
+    with torch.no_grad():
+        interests, mask, weights, capsules = model(seq, seq_len, return_routing=True)
+        torch.testing.assert_close(  # r = 0: only the capsule columns of the first layer matter
+            interests, torch.relu(capsules @ first.weight[:, :d].t() + first.bias) * mask.unsqueeze(-1))
+        model.recency_embedding.copy_(torch.randn(L, d))
+        interests, mask, weights, capsules = model(seq, seq_len, return_routing=True)
+        for row, n in enumerate(lengths):
+            for j in range(model.interest_num):
+                mixed, mass = torch.zeros(d), 0.0
+                for position in range(n):
+                    c = float(weights[row, position, j])
+                    mixed += c * model.recency_embedding[n - 1 - position]
+                    mass += c
+                expected = torch.relu(first(torch.cat([capsules[row, j], mixed / max(mass, 1e-9)])))
+                torch.testing.assert_close(interests[row, j], expected * mask[row, j])
+            if window:  # behaviours before the window have no weight
+                assert bool((weights[row, :max(n - window, 0)] == 0).all())
+
+
+@pytest.mark.parametrize("window, gain", [(0, False), (4, True)])
+def test_interest_residual_adds_the_routing_weighted_item_vectors(tiny_config, window, gain):
+    """interest_residual: v_j = H(u_j) + sum_i c_ij g_t(i) e_i / sum_i c_ij over the routed
+    behaviours (g: the recency gains when on, t: distance from the row's last behaviour),
+    checked against a loop over rows, interests and behaviours with the routing's own weights;
+    inactive interests stay zero; training (CE, the item table passed in) computes the same."""
+    model, _ = build(tiny_config, interest_residual=True, behaviour_window=window, recency_gain=gain,
+                     exclude_history=True, dynamic_interest=not gain)  # the spec's K'_u: some inactive
+    lengths = [1, 2, 5, 9, L]
+    batch = sequences(model, lengths)
+    seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        if gain:
+            model.recency_log_gain.copy_(torch.linspace(1.0, -2.0, L))
+        interests, mask, weights, capsules = model(seq, seq_len, return_routing=True)
+        towered = model.interest_tower(capsules)
+        for row, n in enumerate(lengths):
+            for j in range(model.interest_num):
+                mixed, mass = torch.zeros(model.embedding_size), 0.0
+                for position in range(n):
+                    c = float(weights[row, position, j])
+                    g = float(model.recency_log_gain[n - 1 - position].exp()) if gain else 1.0
+                    mixed += c * g * model.item_vectors(seq[row, position:position + 1])[0]
+                    mass += c
+                expected = (towered[row, j] + mixed / max(mass, 1e-9)) * mask[row, j]
+                torch.testing.assert_close(interests[row, j], expected)
+        assert bool((interests[~mask] == 0).all()) and (gain or not bool(mask.all()))
+        with_table, _ = model(seq, seq_len, table=model.item_vectors())
+        torch.testing.assert_close(with_table, interests)
+
+
+def test_interest_recency_needs_a_tower(tiny_config):
+    with pytest.raises(UserError, match="interest_recency needs hidden_layers >= 1"):
+        build(tiny_config, interest_recency=True, hidden_layers=0)
 
 
 def test_interest_projection_lets_interests_leave_the_non_negative_orthant(tiny_config):
