@@ -172,6 +172,11 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
             f"learning_rate (now {config['learning_rate']}) or check the data; "
             + (f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint had been saved")
         ) from None
+    if best_valid_result is None:
+        # Resumed, and no epoch after the checkpoint beat it: RecBole's checkpoint keeps the best
+        # score but not its metrics, and fit returns None for them. The best model is the
+        # checkpoint itself (resume_checkpoint made it trainer.saved_model_file): re-evaluate it.
+        best_valid_result = trainer.evaluate(valid_data, load_best_model=saved, show_progress=config["show_progress"])
     started = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_s = time.perf_counter() - started

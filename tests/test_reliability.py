@@ -157,6 +157,17 @@ def test_interrupted_run_resumes_from_its_checkpoint(tiny_config):
     assert resumed["best_epoch"] == best + 1
 
 
+def test_resumed_run_that_never_improves_reports_the_checkpoints_metrics(tiny_config):
+    """RecBole's checkpoint keeps the best score but not its metrics: a resumed run in which no
+    epoch beats it (learning_rate 0 here) must report the checkpoint's validation metrics, not
+    crash on RecBole's None."""
+    first = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 2})
+    resumed = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 4, "learning_rate": 0.0},
+                  resume_from=first["saved_model_file"])
+    assert resumed["best_valid_result"] == pytest.approx(first["best_valid_result"])
+    assert resumed["test_result"] == pytest.approx(first["test_result"])
+
+
 def test_same_seed_same_metrics(tiny_config):
     cfg = {**tiny_config, "epochs": 2, "reproducibility": True}
     first, second = run("MIND", "tiny", config_dict=cfg), run("MIND", "tiny", config_dict=cfg)
