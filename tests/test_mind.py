@@ -649,12 +649,13 @@ def test_interest_projection_lets_interests_leave_the_non_negative_orthant(tiny_
     assert isinstance(projected.interest_tower[-1], torch.nn.Linear)
 
 
-def test_dropout_prob_drops_behaviour_capsules_in_training_only(tiny_config):
-    """dropout_prob acts on the behaviour capsules while training (at p -> 1 every capsule is
-    dropped and each active interest is the tower's output for a zero capsule) and not at all
-    in evaluation (the same scores as the model without it)."""
-    model, _ = build(tiny_config, dropout_prob=0.999999)
-    plain, _ = build(tiny_config)
+@pytest.mark.parametrize("residual", [False, True])
+def test_dropout_prob_drops_behaviour_capsules_in_training_only(tiny_config, residual):
+    """dropout_prob acts on the behaviour capsules (and interest_residual's item vectors) while
+    training (at p -> 1 all are dropped and each active interest is the tower's output for a
+    zero capsule) and not at all in evaluation (the same scores as the model without it)."""
+    model, _ = build(tiny_config, dropout_prob=0.999999, interest_residual=residual)
+    plain, _ = build(tiny_config, interest_residual=residual)
     plain.load_state_dict(model.state_dict())
     batch = sequences(model, [1, 2, 5, 9, L])
     seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
