@@ -163,7 +163,6 @@ class Explainer:
         routed = {k: torch.cat(v) for k, v in out.items()}
         routed.update(user=rows[self.uid_field], items=rows[m.ITEM_SEQ],
                       length=rows[m.ITEM_SEQ_LEN], target=rows[m.POS_ITEM_ID])
-        routed["routed"] = routed_positions(routed["items"], routed["length"], m.behaviour_window)
         if index is None:
             self._routed = routed
         return routed
@@ -279,7 +278,7 @@ class Explainer:
         window = self.model.behaviour_window
         if window and window < items.size(1):  # only the routed behaviours: the last w of each row
             length = routed["length"][multi]
-            positions = (length.unsqueeze(1) - window).clamp(min=0) + torch.arange(window)
+            positions = self.model.window_positions(length)
             items, assignment = items.gather(1, positions), assignment.gather(1, positions)
             items = items * (torch.arange(window) < length.clamp(max=window).unsqueeze(1))
         return routing_purity(items, assignment, labels, routed["mask"].size(1), draws=draws, seed=seed)
@@ -369,15 +368,6 @@ def routing_purity(items, assignment, labels, interest_num, draws=PURITY_DRAWS, 
             "users": int(items.size(0)), "draws": draws}
 
 
-def routed_positions(items, length, window):
-    """[B, L] bool: the behaviours MIND routes, each row's last ``window`` ones (all when 0)."""
-    positions = torch.arange(items.size(1), device=items.device).unsqueeze(0)
-    routed = items > 0
-    if window:
-        routed &= positions >= (length.unsqueeze(1) - window)
-    return routed
-
-
 def capsule_health(routed, target_emb, initial_logits=None):
     """Capsule statistics over users, all vectorised.
 
@@ -399,9 +389,10 @@ def capsule_health(routed, target_emb, initial_logits=None):
         return torch.where(count > 0, (gram * pair).sum(dim=(1, 2)) / count.clamp(min=1), float("nan"))
 
     scores = torch.einsum("bkd,bd->bk", routed["interests"], target_emb).masked_fill(~mask, float("-inf"))
-    # the behaviours routing saw (with behaviour_window, the last w of each row; not the older
-    # ones it never weighs, which would count as weight 0 on interest 0)
-    seq_mask = routed["routed"] if "routed" in routed else routed["items"] > 0
+    # the behaviours routing saw, exactly those it gives weight (a softmax over at least one
+    # active interest): with behaviour_window, not the older ones, which would count as weight 0
+    # on interest 0
+    seq_mask = routed["weights"].sum(dim=-1) > 0
     health = {
         "active": mask.sum(dim=1).numpy(),
         "cosine": mean_cosine(routed["interests"]).numpy(),

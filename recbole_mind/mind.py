@@ -415,12 +415,11 @@ class MIND(SequentialRecommender):
             # The start logits are those of the behaviours' own positions (the same random draw
             # in training, the same fixed draw in evaluation), so the interests equal routing
             # the whole masked sequence (B2IRouting.route with positions; tests/test_mind.py).
-            steps = torch.arange(self.behaviour_window, device=item_seq.device)
-            window_positions = (item_seq_len.unsqueeze(1) - self.behaviour_window).clamp(min=0) + steps
+            window_positions = self.window_positions(item_seq_len)
             item_seq = item_seq.gather(1, window_positions)
             item_seq_len = item_seq_len.clamp(max=self.behaviour_window)
         seq_mask = item_seq > 0
-        if self.recency_gain or self.interest_recency or self.interest_recency_gain or self.interest_residual:
+        if self.recency_gain or self.interest_recency or self.interest_recency_gain:
             positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
             recency = (item_seq_len.unsqueeze(1) - 1 - positions).clamp(min=0)  # 0: the most recent
         # K'_u from the routed behaviours. The spec's rule (dynamic_interest: True) then gives at
@@ -430,13 +429,15 @@ class MIND(SequentialRecommender):
         interest_mask = self.interest_mask(item_seq_len)
         if table is None and self.n_items <= item_seq.numel():
             table = self.item_vectors()
+        behaviour_vectors = None  # e_i of the routed behaviours, where already computed
         if table is not None:
             # S applied to the n_items rows of the table, then gathered: the same S e_i as
             # applying it to the B x L behaviours (profiled: the largest matmul of a step
             # on ml-100k before), and cheaper whenever n_items < B x L.
             projected = nn.functional.embedding(item_seq, self.routing.bilinear(table))
         else:
-            projected = self.routing.bilinear(self.item_vectors(item_seq))
+            behaviour_vectors = self.item_vectors(item_seq)
+            projected = self.routing.bilinear(behaviour_vectors)
         if self.recency_maps:
             projected = self._add_recency_maps(projected, item_seq, item_seq_len, table)
         if self.behaviour_dropout is not None:
@@ -451,11 +452,11 @@ class MIND(SequentialRecommender):
                                                positions=window_positions, seq_length=full_length)
         tower_input = capsules
         if self.interest_recency:
-            tower_input = torch.cat([capsules, self._interest_recency(weights, recency)], dim=-1)
+            tower_input = torch.cat([tower_input, self.interest_mean(weights, self.recency_embedding[recency])], dim=-1)
         if self.user_profile is not None:
             profile, _ = self.user_profile(user)  # [B, F, d]
             profile = profile.flatten(1).unsqueeze(1).expand(-1, self.interest_num, -1)
-            tower_input = torch.cat([capsules, profile], dim=-1)
+            tower_input = torch.cat([tower_input, profile], dim=-1)
         interests = self.interest_tower(tower_input)
         if self.interest_residual:
             # Not in the spec: v_j = H(u_j) + m_j with m_j the routing-weighted mean of the
@@ -464,21 +465,20 @@ class MIND(SequentialRecommender):
             # GRU4Rec's shared table) keeps the last item's embedding. H alone maps a squashed
             # capsule through one ReLU layer and loses that path. Measured in
             # results/experiments.md (session 7).
-            behaviours = nn.functional.embedding(item_seq, table) if table is not None else self.item_vectors(item_seq)
+            behaviours = (behaviour_vectors if behaviour_vectors is not None
+                          else nn.functional.embedding(item_seq, table))
             if self.behaviour_dropout is not None:  # the residual's behaviours dropped like the capsules
                 behaviours = self.behaviour_dropout(behaviours)
             if self.recency_gain:
                 behaviours = behaviours * self.recency_log_gain.exp()[recency].unsqueeze(-1)
-            mass = weights.sum(dim=1).clamp(min=1e-9).unsqueeze(-1)
-            interests = interests + torch.einsum("blk,bld->bkd", weights, behaviours) / mass
+            interests = interests + self.interest_mean(weights, behaviours)
         interests = interests * interest_mask.unsqueeze(-1)
         if self.interest_recency_gain:
             # Not in the spec: a scalar version of interest_recency (one learned log-gain per
             # recency, averaged over the interest's behaviours by routing weight), so a recent
             # interest can outscore an old one in the max. Measured in results/experiments.md.
-            mass = weights.sum(dim=1).clamp(min=1e-9)
-            log_gain = torch.einsum("blk,bl->bk", weights, self.interest_log_gain[recency]) / mass
-            interests = interests * log_gain.exp().unsqueeze(-1)
+            log_gain = self.interest_mean(weights, self.interest_log_gain[recency].unsqueeze(-1))
+            interests = interests * log_gain.exp()
         if return_routing:
             if window_positions is not None:  # weights per position of the input sequence
                 index = window_positions.unsqueeze(-1).expand(-1, -1, self.interest_num)
@@ -486,18 +486,26 @@ class MIND(SequentialRecommender):
             return interests, interest_mask, weights, capsules
         return interests, interest_mask
 
-    def _interest_recency(self, weights, recency):
-        """[B, K, d]: each interest's mean recency embedding, r_j = sum_i c_ij r_t(i) / sum_i c_ij
-        with the routing's last weights c_ij (zero for padding and inactive interests).
+    def window_positions(self, item_seq_len):
+        """[B, w]: the positions of each row's last ``behaviour_window`` behaviours (RecBole's
+        sequences are left-aligned; a row shorter than w starts at 0 and ends in padding)."""
+        steps = torch.arange(self.behaviour_window, device=item_seq_len.device)
+        return (item_seq_len.unsqueeze(1) - self.behaviour_window).clamp(min=0) + steps
 
-        Not in the spec: squash normalises every capsule, so an interest routed from the last
-        behaviour and one routed from the fifth last reach H alike and count alike in the max
-        over interests at serving, while the next item follows the last behaviour most. With
-        r_j beside u_j (as the spec puts the user profile beside it) H can make an interest
-        stronger or weaker by how recent its behaviours are. Measured in results/experiments.md.
+    @staticmethod
+    def interest_mean(weights, values):
+        """[B, K, d]: each interest's routing-weighted mean sum_i c_ij x_i / sum_i c_ij of the
+        behaviours' values x_i [B, L, d], with the routing's last weights c_ij (zero for padding
+        and inactive interests, whose mean is then 0).
+
+        Not in the spec; what the interest_* keys feed the interests: the item vectors
+        (interest_residual), learned recency embeddings (interest_recency: squash normalises
+        every capsule, so an interest from the last behaviour and one from the fifth last reach
+        H alike, and r_j beside u_j, as the spec puts the profile beside it, lets H weigh them)
+        or log-gains (interest_recency_gain). Measured in results/experiments.md.
         """
         mass = weights.sum(dim=1).clamp(min=1e-9).unsqueeze(-1)  # [B, K, 1]
-        return torch.einsum("blk,bld->bkd", weights, self.recency_embedding[recency]) / mass
+        return torch.einsum("blk,bld->bkd", weights, values) / mass
 
     def _add_recency_maps(self, projected, item_seq, seq_len, table):
         """Behaviour capsules S_t e_i = S e_i + D_t e_i for the rows' recency_maps most recent

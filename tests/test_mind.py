@@ -628,6 +628,21 @@ def test_interest_residual_adds_the_routing_weighted_item_vectors(tiny_config, w
         torch.testing.assert_close(with_table, interests)
 
 
+def test_interest_recency_with_a_user_profile_feeds_the_tower_both(tiny_config):
+    """H reads [u_j, r_j, p_u] when interest_recency and user features are on together."""
+    model, _ = build(tiny_config, interest_recency=True, dynamic_interest=False, **FEATURES)
+    batch = sequences(model, [1, 2, 5, 9, L])
+    seq, seq_len, user = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.USER_ID]
+    with torch.no_grad():
+        model.recency_embedding.copy_(torch.randn(L, model.embedding_size))
+        interests, mask, weights, capsules = model(seq, seq_len, user, return_routing=True)
+        recency = (seq_len.unsqueeze(1) - 1 - torch.arange(L)).clamp(min=0)
+        mixed = model.interest_mean(weights, model.recency_embedding[recency])
+        profile = model.user_profile(user)[0].flatten(1).unsqueeze(1).expand(-1, model.interest_num, -1)
+        expected = model.interest_tower(torch.cat([capsules, mixed, profile], dim=-1))
+    torch.testing.assert_close(interests, expected * mask.unsqueeze(-1))
+
+
 def test_interest_recency_needs_a_tower(tiny_config):
     with pytest.raises(UserError, match="interest_recency needs hidden_layers >= 1"):
         build(tiny_config, interest_recency=True, hidden_layers=0)
