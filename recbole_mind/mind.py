@@ -40,7 +40,8 @@ VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
                     "routing_init": "random", "behaviour_window": 0, "recency_gain": False,
                     "interest_projection": False, "dropout_prob": 0.0, "recency_maps": 0,
                     "history_negatives": False, "interest_recency": False,
-                    "interest_recency_gain": False, "interest_residual": False}
+                    "interest_recency_gain": False, "interest_residual": False,
+                    "item_bias": False, "normalize_vectors": False}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -209,6 +210,8 @@ def read_hyper_parameters(config):
         interest_recency=param("interest_recency", boolean),
         interest_recency_gain=param("interest_recency_gain", boolean),
         interest_residual=param("interest_residual", boolean),
+        item_bias=param("item_bias", boolean),
+        normalize_vectors=param("normalize_vectors", boolean),
         dropout_prob=param("dropout_prob", float),
         attention_power=param("attention_power", float),
         temperature=param("temperature", float),
@@ -285,6 +288,8 @@ class MIND(SequentialRecommender):
         self.interest_recency = hp.interest_recency
         self.interest_recency_gain = hp.interest_recency_gain
         self.interest_residual = hp.interest_residual
+        self.use_item_bias = hp.item_bias
+        self.normalize_vectors = hp.normalize_vectors
         self.hidden_layers = hp.hidden_layers
         self.attention_power = hp.attention_power
         self.temperature = hp.temperature
@@ -345,6 +350,11 @@ class MIND(SequentialRecommender):
             self.recency_embedding = nn.Parameter(torch.zeros(self.max_seq_length, self.embedding_size))
         if self.interest_recency_gain:
             self.interest_log_gain = nn.Parameter(torch.zeros(self.max_seq_length))
+        if self.use_item_bias:
+            # Not in the spec: a learned logit b_i per item (zero: the spec), added to every
+            # score, so popularity need not be carried by the embeddings. Measured in
+            # results/experiments.md (session 8).
+            self.item_bias = nn.Parameter(torch.zeros(self.n_items))
         self.attention = LabelAwareAttention(self.attention_power)
         if self.loss_type == "BPR":
             self.bpr_loss = BPRLoss()
@@ -380,14 +390,20 @@ class MIND(SequentialRecommender):
         """e_i for the given item ids (all items when None): id embedding averaged with features."""
         if items is None:
             if self.item_side is None:  # the table itself: no copy, and a dense gradient
-                return self.item_embedding.weight
+                return self._normalized(self.item_embedding.weight)
             items = torch.arange(self.n_items, device=self.item_embedding.weight.device)
         vectors = self.item_embedding(items)
         if self.item_side is None:
-            return vectors
+            return self._normalized(vectors)
         side, present = self.item_side(items)
         total = vectors + (side * present.unsqueeze(-1)).sum(dim=-2)
-        return total / (1.0 + present.sum(dim=-1, keepdim=True))
+        return self._normalized(total / (1.0 + present.sum(dim=-1, keepdim=True)))
+
+    def _normalized(self, vectors):
+        # Not in the spec (normalize_vectors): unit vectors, so every score is a cosine and the
+        # softmax's sharpness is the temperature's alone, not the embeddings' norms (which CE
+        # grows with an item's frequency). Zero rows (padding) stay zero.
+        return nn.functional.normalize(vectors, dim=-1) if self.normalize_vectors else vectors
 
     def interest_mask(self, item_seq_len):
         """[B, K] bool: True for the K'_u active interests of each row."""
@@ -473,6 +489,7 @@ class MIND(SequentialRecommender):
                 behaviours = behaviours * self.recency_log_gain.exp()[recency].unsqueeze(-1)
             interests = interests + self.interest_mean(weights, behaviours)
         interests = interests * interest_mask.unsqueeze(-1)
+        interests = self._normalized(interests)
         if self.interest_recency_gain:
             # Not in the spec: a scalar version of interest_recency (one learned log-gain per
             # recency, averaged over the interest's behaviours by routing weight), so a recent
@@ -545,6 +562,9 @@ class MIND(SequentialRecommender):
             # chunks: the same loss and gradients as cross_entropy(user_vec @ table.T) without
             # its [B, n_items] tensors, which made up most of a step (recbole_mind/softmax.py)
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history_in_training else None
+            if self.use_item_bias:  # [v, 1] . [e_i, b_i] = v . e_i + b_i
+                user_vec = torch.cat([user_vec, user_vec.new_ones(user_vec.size(0), 1)], dim=1)
+                table = torch.cat([table, self.item_bias.unsqueeze(1)], dim=1)
             return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
                                                  matmul_dtype=self.softmax_matmul_dtype)
         if self.loss_type == "SSM":
@@ -555,6 +575,9 @@ class MIND(SequentialRecommender):
         )
         pos_score = (user_vec * pos_emb).sum(-1)
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
+        if self.use_item_bias:
+            pos_score = pos_score + self.item_bias[pos_items]
+            neg_score = neg_score + self.item_bias[neg_items]
         return self.bpr_loss(pos_score, neg_score)
 
     @staticmethod
@@ -572,6 +595,9 @@ class MIND(SequentialRecommender):
         negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
         pos_logit = (user_vec * pos_emb).sum(-1, keepdim=True) - self.sampling_log_prob[pos_items].unsqueeze(-1)
         neg_logits = user_vec @ self.item_vectors(negatives).t() - self.sampling_log_prob[negatives]
+        if self.use_item_bias:
+            pos_logit = pos_logit + self.item_bias[pos_items].unsqueeze(-1)
+            neg_logits = neg_logits + self.item_bias[negatives]
         hits = negatives.unsqueeze(0) == pos_items.unsqueeze(1)
         if item_seq is not None:
             # each negative looked up in the row's sorted sequence: [B, M], no [B, n_items] mask
@@ -590,6 +616,8 @@ class MIND(SequentialRecommender):
         items = interaction[self.ITEM_ID]
         scores = torch.einsum("bkd,bd->bk", interests, self.item_vectors(items))
         scores = scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
+        if self.use_item_bias:
+            scores = scores + self.item_bias[items]
         if self.exclude_history:
             seen = (interaction[self.ITEM_SEQ] == items.unsqueeze(1)).any(dim=1)
             scores = scores.masked_fill(seen, float("-inf"))
@@ -599,6 +627,8 @@ class MIND(SequentialRecommender):
         table = self.item_vectors()
         interests, interest_mask = self._interests_of(interaction, table)
         scores = self.max_interest_scores(interests, interest_mask, table)
+        if self.use_item_bias:
+            scores += self.item_bias
         if self.exclude_history:
             exclude_input_sequence(scores, interaction[self.ITEM_SEQ])
         return scores

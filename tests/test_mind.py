@@ -344,7 +344,8 @@ def test_exclude_history_masks_exactly_the_behaviours_when_serving(tiny_config):
 def hand_ce_loss(model, batch, seed, exclude):
     """The exact softmax, row by row: history items (but not the label) leave the denominator."""
     torch.manual_seed(seed)
-    interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    profile = batch[model.USER_ID] if model.user_profile is not None else None
+    interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], profile)
     labels = batch[model.POS_ITEM_ID]
     items = model.item_vectors()
     user = model.attention(interests, items[labels], mask) / model.temperature
@@ -353,6 +354,8 @@ def hand_ce_loss(model, batch, seed, exclude):
         history = set(batch[model.ITEM_SEQ][b].tolist()) if exclude else set()
         kept = [i for i in range(1, model.n_items) if i not in history or i == int(labels[b])]
         logits = user[b] @ items[kept].t()
+        if model.use_item_bias:
+            logits = logits + model.item_bias[kept]
         losses.append(torch.logsumexp(logits, 0) - logits[kept.index(int(labels[b]))])
     return torch.stack(losses).mean()
 
@@ -371,6 +374,64 @@ def test_exclude_history_leaves_behaviours_out_of_the_training_softmax(tiny_conf
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert not torch.isclose(loss, full, rtol=1e-4), "history items must leave the softmax"
+
+
+def test_item_bias_adds_one_learned_logit_per_item_to_training_and_serving(tiny_config):
+    model, train_data = build(tiny_config, exclude_history=True, item_bias=True, interest_num=2,
+                              softmax_dtype="float32")  # exact: bf16 would round the biases
+    with torch.no_grad():
+        model.item_bias.copy_(torch.randn(model.n_items, generator=torch.Generator().manual_seed(5)))
+    model.train()
+    batch = fixed_batch(train_data)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        expected = hand_ce_loss(model, batch, 3, exclude=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    model.eval()
+    lengths = [1, 3, 5, L]
+    serving = sequences(model, lengths)
+    with torch.no_grad():
+        interests, mask = model.forward(serving[model.ITEM_SEQ], serving[model.ITEM_SEQ_LEN])
+        scores = model.full_sort_predict(serving)
+        given = model.predict(serving)
+        expected = naive_max_scores(interests, mask.sum(1), model.item_vectors()) + model.item_bias
+    for b in range(len(lengths)):  # the history (and padding, as without a bias) leaves the ranking
+        expected[b, serving[model.ITEM_SEQ][b]] = float("-inf")
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(given, expected[torch.arange(len(lengths)), serving[model.ITEM_ID]],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_normalize_vectors_scores_cosines_divided_by_the_temperature(tiny_config, features):
+    overrides = dict(FEATURES) if features else {}
+    model, train_data = build(tiny_config, normalize_vectors=True, temperature=0.1, interest_num=3,
+                              softmax_dtype="float32", **overrides)
+    plain, _ = build(tiny_config, interest_num=3, softmax_dtype="float32", **overrides)
+    plain.load_state_dict(model.state_dict())  # the same weights, without the normalisation
+    lengths = [1, 3, 5, L]
+    serving = sequences(model, lengths)
+    seq, seq_len, user = serving[model.ITEM_SEQ], serving[model.ITEM_SEQ_LEN], serving[model.USER_ID]
+    with torch.no_grad():
+        items = model.item_vectors()
+        raw_items = plain.item_vectors()
+        interests, mask = model.forward(seq, seq_len, user)
+        scores = model.full_sort_predict(serving)
+    unit = raw_items / raw_items.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(items[1:], unit[1:], rtol=1e-5, atol=1e-6)
+    norms = interests.norm(dim=-1)
+    torch.testing.assert_close(norms[mask], torch.ones(int(mask.sum())), rtol=1e-5, atol=1e-6)
+    assert bool((norms[~mask] == 0).all())
+    assert float(scores.max()) <= 1.0 + 1e-5  # cosines: serving ranks without the temperature
+    torch.testing.assert_close(scores, naive_max_scores(interests, mask.sum(1), items), rtol=1e-5, atol=1e-6)
+    model.train()
+    batch = fixed_batch(train_data)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        expected = hand_ce_loss(model, batch, 3, exclude=False)  # divides by the temperature
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_history_negatives_keep_behaviours_in_the_training_softmax_only(tiny_config):
