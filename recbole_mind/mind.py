@@ -41,7 +41,7 @@ VALUE_BEFORE_KEY = {"exclude_history": False, "softmax_dtype": "float32",
                     "interest_projection": False, "dropout_prob": 0.0, "recency_maps": 0,
                     "history_negatives": False, "interest_recency": False,
                     "interest_recency_gain": False, "interest_residual": False,
-                    "item_bias": False, "normalize_vectors": False}
+                    "normalize_vectors": False}
 _SCORE_GRAD_LIMIT = 1e30  # label-aware attention: largest gradient passed back to a score
 
 
@@ -210,7 +210,6 @@ def read_hyper_parameters(config):
         interest_recency=param("interest_recency", boolean),
         interest_recency_gain=param("interest_recency_gain", boolean),
         interest_residual=param("interest_residual", boolean),
-        item_bias=param("item_bias", boolean),
         normalize_vectors=param("normalize_vectors", boolean),
         dropout_prob=param("dropout_prob", float),
         attention_power=param("attention_power", float),
@@ -288,7 +287,6 @@ class MIND(SequentialRecommender):
         self.interest_recency = hp.interest_recency
         self.interest_recency_gain = hp.interest_recency_gain
         self.interest_residual = hp.interest_residual
-        self.use_item_bias = hp.item_bias
         self.normalize_vectors = hp.normalize_vectors
         self.hidden_layers = hp.hidden_layers
         self.attention_power = hp.attention_power
@@ -350,11 +348,6 @@ class MIND(SequentialRecommender):
             self.recency_embedding = nn.Parameter(torch.zeros(self.max_seq_length, self.embedding_size))
         if self.interest_recency_gain:
             self.interest_log_gain = nn.Parameter(torch.zeros(self.max_seq_length))
-        if self.use_item_bias:
-            # Not in the spec: a learned logit b_i per item (zero: the spec), added to every
-            # score, so popularity need not be carried by the embeddings. Measured in
-            # results/experiments.md (session 8).
-            self.item_bias = nn.Parameter(torch.zeros(self.n_items))
         self.attention = LabelAwareAttention(self.attention_power)
         if self.loss_type == "BPR":
             self.bpr_loss = BPRLoss()
@@ -562,9 +555,6 @@ class MIND(SequentialRecommender):
             # chunks: the same loss and gradients as cross_entropy(user_vec @ table.T) without
             # its [B, n_items] tensors, which made up most of a step (recbole_mind/softmax.py)
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history_in_training else None
-            if self.use_item_bias:  # [v, 1] . [e_i, b_i] = v . e_i + b_i
-                user_vec = torch.cat([user_vec, user_vec.new_ones(user_vec.size(0), 1)], dim=1)
-                table = torch.cat([table, self.item_bias.unsqueeze(1)], dim=1)
             return chunked_softmax.cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
                                                  matmul_dtype=self.softmax_matmul_dtype)
         if self.loss_type == "SSM":
@@ -575,9 +565,6 @@ class MIND(SequentialRecommender):
         )
         pos_score = (user_vec * pos_emb).sum(-1)
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
-        if self.use_item_bias:
-            pos_score = pos_score + self.item_bias[pos_items]
-            neg_score = neg_score + self.item_bias[neg_items]
         return self.bpr_loss(pos_score, neg_score)
 
     @staticmethod
@@ -595,9 +582,6 @@ class MIND(SequentialRecommender):
         negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
         pos_logit = (user_vec * pos_emb).sum(-1, keepdim=True) - self.sampling_log_prob[pos_items].unsqueeze(-1)
         neg_logits = user_vec @ self.item_vectors(negatives).t() - self.sampling_log_prob[negatives]
-        if self.use_item_bias:
-            pos_logit = pos_logit + self.item_bias[pos_items].unsqueeze(-1)
-            neg_logits = neg_logits + self.item_bias[negatives]
         hits = negatives.unsqueeze(0) == pos_items.unsqueeze(1)
         if item_seq is not None:
             # each negative looked up in the row's sorted sequence: [B, M], no [B, n_items] mask
@@ -616,8 +600,6 @@ class MIND(SequentialRecommender):
         items = interaction[self.ITEM_ID]
         scores = torch.einsum("bkd,bd->bk", interests, self.item_vectors(items))
         scores = scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
-        if self.use_item_bias:
-            scores = scores + self.item_bias[items]
         if self.exclude_history:
             seen = (interaction[self.ITEM_SEQ] == items.unsqueeze(1)).any(dim=1)
             scores = scores.masked_fill(seen, float("-inf"))
@@ -627,8 +609,6 @@ class MIND(SequentialRecommender):
         table = self.item_vectors()
         interests, interest_mask = self._interests_of(interaction, table)
         scores = self.max_interest_scores(interests, interest_mask, table)
-        if self.use_item_bias:
-            scores += self.item_bias
         if self.exclude_history:
             exclude_input_sequence(scores, interaction[self.ITEM_SEQ])
         return scores

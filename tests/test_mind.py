@@ -354,8 +354,6 @@ def hand_ce_loss(model, batch, seed, exclude):
         history = set(batch[model.ITEM_SEQ][b].tolist()) if exclude else set()
         kept = [i for i in range(1, model.n_items) if i not in history or i == int(labels[b])]
         logits = user[b] @ items[kept].t()
-        if model.use_item_bias:
-            logits = logits + model.item_bias[kept]
         losses.append(torch.logsumexp(logits, 0) - logits[kept.index(int(labels[b]))])
     return torch.stack(losses).mean()
 
@@ -374,33 +372,6 @@ def test_exclude_history_leaves_behaviours_out_of_the_training_softmax(tiny_conf
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert not torch.isclose(loss, full, rtol=1e-4), "history items must leave the softmax"
-
-
-def test_item_bias_adds_one_learned_logit_per_item_to_training_and_serving(tiny_config):
-    model, train_data = build(tiny_config, exclude_history=True, item_bias=True, interest_num=2,
-                              softmax_dtype="float32")  # exact: bf16 would round the biases
-    with torch.no_grad():
-        model.item_bias.copy_(torch.randn(model.n_items, generator=torch.Generator().manual_seed(5)))
-    model.train()
-    batch = fixed_batch(train_data)
-    with torch.no_grad():
-        torch.manual_seed(3)
-        loss = model.calculate_loss(batch)
-        expected = hand_ce_loss(model, batch, 3, exclude=True)
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    model.eval()
-    lengths = [1, 3, 5, L]
-    serving = sequences(model, lengths)
-    with torch.no_grad():
-        interests, mask = model.forward(serving[model.ITEM_SEQ], serving[model.ITEM_SEQ_LEN])
-        scores = model.full_sort_predict(serving)
-        given = model.predict(serving)
-        expected = naive_max_scores(interests, mask.sum(1), model.item_vectors()) + model.item_bias
-    for b in range(len(lengths)):  # the history (and padding, as without a bias) leaves the ranking
-        expected[b, serving[model.ITEM_SEQ][b]] = float("-inf")
-    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(given, expected[torch.arange(len(lengths)), serving[model.ITEM_ID]],
-                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("features", [False, True])
