@@ -55,6 +55,7 @@ def planted_config(root, checkpoint_dir, epochs):
         # of sigma 0.1 all interests start alike and separate the planted groups less (0.89)
         "routing_init_std": 1.0, "attention_power": 2.0, "exclude_history": False, "behaviour_window": 0,
         "interest_residual": False,  # interests = H(capsules), as test_health_... checks
+        "normalize_vectors": False, "temperature": 1.0,
     }
 
 

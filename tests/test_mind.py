@@ -17,7 +17,7 @@ FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
-SPEC = {"dynamic_interest": True, "exclude_history": False, "behaviour_window": 0, "recency_gain": False, "recency_maps": 0, "interest_projection": False, "interest_residual": False}  # the spec: every behaviour routed, ranking over all items
+SPEC = {"dynamic_interest": True, "exclude_history": False, "behaviour_window": 0, "recency_gain": False, "recency_maps": 0, "interest_projection": False, "interest_residual": False, "normalize_vectors": False, "temperature": 1.0}  # the spec: every behaviour routed, ranking over all items
 
 
 def build(tiny_config, **overrides):
