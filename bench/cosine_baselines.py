@@ -1,0 +1,115 @@
+"""RecBole's SASRec and GRU4Rec with MIND's `normalize_vectors` scoring, to see whether the gain
+of session 8 is MIND's or the cosine softmax's.
+
+``SASRecCosine`` / ``GRU4RecCosine`` are RecBole's own models with one change: the sequence
+vector and the item table are L2-normalised, so every score is a cosine, and the training CE
+divides them by ``cosine_temperature`` (0.1, MIND's default ``temperature``). Everything else,
+their config (RecBole's SASRec.yaml / GRU4Rec.yaml), dropout and CE over the whole table, is
+theirs. A bench tool, not a model of the plugin: it logs like bench/mind_experiments.py.
+
+Usage (from the project root):
+    python bench/cosine_baselines.py --log results/experiments/ml-100k.jsonl --tag s8_sasrec_cosine \
+        --model SASRec --dataset ml-100k epochs=20 learning_rate=0.001
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mind_experiments import METRICS, done_tags, parse_overrides  # noqa: E402
+from recbole_mind import compat  # noqa: E402,F401  (RecBole's breaks on this stack, first)
+from recbole.model.sequential_recommender import GRU4Rec, SASRec  # noqa: E402
+
+
+class CosineScores:
+    """Mixin over a RecBole sequential model with ``forward(item_seq, item_seq_len)``, an
+    ``item_embedding`` table and CE's ``loss_fct``."""
+
+    def _cosine_setup(self, config):
+        if self.loss_type != "CE":
+            raise ValueError("the cosine baselines are for loss_type CE")
+        self.cosine_temperature = float(config["cosine_temperature"] or 0.1)
+
+    def _unit_sequence(self, interaction):
+        return F.normalize(self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]), dim=-1)
+
+    def _unit_items(self, items=None):
+        table = self.item_embedding.weight if items is None else self.item_embedding(items)
+        return F.normalize(table, dim=-1)
+
+    def calculate_loss(self, interaction):
+        logits = self._unit_sequence(interaction) @ self._unit_items().t() / self.cosine_temperature
+        return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
+
+    def predict(self, interaction):
+        return (self._unit_sequence(interaction) * self._unit_items(interaction[self.ITEM_ID])).sum(-1)
+
+    def full_sort_predict(self, interaction):
+        return self._unit_sequence(interaction) @ self._unit_items().t()
+
+
+class SASRecCosine(CosineScores, SASRec):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self._cosine_setup(config)
+
+
+class GRU4RecCosine(CosineScores, GRU4Rec):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self._cosine_setup(config)
+
+
+MODELS = {"SASRec": SASRecCosine, "GRU4Rec": GRU4RecCosine}
+
+
+def recbole_properties(name):
+    import recbole
+
+    return str(Path(recbole.__file__).parent / "properties" / "model" / f"{name}.yaml")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    if args.tag in done_tags(args.log):
+        print(f"{args.tag}: already in {args.log}, skipped")
+        return
+    from recbole_mind.quick_start import run
+
+    torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.overrides)
+    config_dict = {"checkpoint_dir": f"/tmp/mind_experiments/{args.tag}", "show_progress": False,
+                   "cosine_temperature": 0.1, **overrides}
+    started = time.time()
+    result = run(MODELS[args.model], args.dataset, config_files=[recbole_properties(args.model)],
+                 config_dict=config_dict)
+    record = {
+        "tag": args.tag, "model": MODELS[args.model].__name__, "dataset": args.dataset, "overrides": overrides,
+        "resolved": None, "valid": result["best_valid_result"], "test": result["test_result"],
+        "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
+        "train_s_per_epoch": round(result["train_s_per_epoch"], 2), "eval_s": round(result["eval_s"], 3),
+        "wall_s": round(time.time() - started, 1), "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.log, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: record[k] for k in ("tag", "epochs_run", "best_epoch", "train_s_per_epoch")}),
+          {m: round(record["test"][m], 4) for m in METRICS})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""bench/cosine_baselines.py: RecBole's SASRec / GRU4Rec scored by cosines (the control for
+MIND's normalize_vectors)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.utils import init_seed
+
+from bench.cosine_baselines import MODELS, recbole_properties
+from recbole_mind.quick_start import build_config, prepare_data
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cosine_baseline_scores_cosines_and_trains_on_them_over_the_temperature(tiny_config, name):
+    config = build_config(MODELS[name], "tiny", config_files=[recbole_properties(name)],
+                          config_dict={**tiny_config, "hidden_size": 16, "cosine_temperature": 0.2})
+    init_seed(config["seed"], True)
+    _, train_data, _, _ = prepare_data(config)
+    model = MODELS[name](config, train_data._dataset).eval()
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        sequence = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+        cosines = F.normalize(sequence, dim=-1) @ F.normalize(model.item_embedding.weight, dim=-1).t()
+        torch.testing.assert_close(model.full_sort_predict(batch), cosines)
+        labels = batch[model.POS_ITEM_ID]
+        expected = F.cross_entropy(cosines / 0.2, labels)
+        torch.testing.assert_close(model.calculate_loss(batch), expected)
+        batch[model.ITEM_ID] = labels
+        torch.testing.assert_close(model.predict(batch), cosines[torch.arange(len(labels)), labels])
