@@ -567,6 +567,20 @@ def test_a_checkpoint_config_from_before_a_key_existed_keeps_the_old_behaviour(t
     assert model.softmax_matmul_dtype is None and model.routing.init == "random"
 
 
+def test_the_tuned_amazon_yaml_pins_the_model_its_search_ran_with(tiny_config):
+    """properties/MIND-amazon-videogames.yaml reproduces a search run with session 1's MIND: it
+    must pin every key added since (VALUE_BEFORE_KEY) and every default changed since, or a new
+    default silently changes what the file trains."""
+    from recbole_mind.mind import VALUE_BEFORE_KEY, properties_dir, read_hyper_parameters
+
+    session_1 = {**VALUE_BEFORE_KEY, "routing_init_std": 1.0, "attention_power": 2.0,
+                 "dynamic_interest": True, "temperature": 1.0}
+    config = build_config("MIND", "tiny", config_files=[properties_dir() / "MIND-amazon-videogames.yaml"],
+                          config_dict=tiny_config)
+    hp = read_hyper_parameters(config)
+    assert {key: getattr(hp, key) for key in session_1} == session_1
+
+
 def test_recency_gain_scales_each_behaviour_capsule_by_its_recency(tiny_config):
     """recency_gain: behaviour capsule g_t S e_i with t the distance from the row's last
     behaviour, checked against routing the scaled capsules by hand (a per-row loop); at its
