@@ -380,7 +380,8 @@ class MIND(SequentialRecommender):
 
     # ----------------------------------------------------------------- embeddings
     def item_vectors(self, items=None):
-        """e_i for the given item ids (all items when None): id embedding averaged with features."""
+        """e_i for the given item ids (all items when None): id embedding averaged with features,
+        unit length with ``normalize_vectors``."""
         if items is None:
             if self.item_side is None:  # the table itself: no copy, and a dense gradient
                 return self._normalized(self.item_embedding.weight)
@@ -395,7 +396,7 @@ class MIND(SequentialRecommender):
     def _normalized(self, vectors):
         # Not in the spec (normalize_vectors): unit vectors, so every score is a cosine and the
         # softmax's sharpness is the temperature's alone, not the embeddings' norms (which CE
-        # grows with an item's frequency). Zero rows (padding) stay zero.
+        # grows with an item's frequency). A zero row (an inactive interest) stays zero.
         return nn.functional.normalize(vectors, dim=-1) if self.normalize_vectors else vectors
 
     def interest_mask(self, item_seq_len):
