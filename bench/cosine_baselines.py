@@ -13,17 +13,14 @@ Usage (from the project root):
 """
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mind_experiments import METRICS, done_tags, parse_overrides  # noqa: E402
+from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one  # noqa: E402
 from recbole_mind import compat  # noqa: E402,F401  (RecBole's breaks on this stack, first)
 from recbole.model.sequential_recommender import GRU4Rec, SASRec  # noqa: E402
 
@@ -88,27 +85,9 @@ def main():
     if args.tag in done_tags(args.log):
         print(f"{args.tag}: already in {args.log}, skipped")
         return
-    from recbole_mind.quick_start import run
-
-    torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.overrides)
-    config_dict = {"checkpoint_dir": f"/tmp/mind_experiments/{args.tag}", "show_progress": False,
-                   "cosine_temperature": 0.1, **overrides}
-    started = time.time()
-    result = run(MODELS[args.model], args.dataset, config_files=[recbole_properties(args.model)],
-                 config_dict=config_dict)
-    record = {
-        "tag": args.tag, "model": MODELS[args.model].__name__, "dataset": args.dataset, "overrides": overrides,
-        "resolved": None, "valid": result["best_valid_result"], "test": result["test_result"],
-        "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
-        "train_s_per_epoch": round(result["train_s_per_epoch"], 2), "eval_s": round(result["eval_s"], 3),
-        "wall_s": round(time.time() - started, 1), "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.log, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps({k: record[k] for k in ("tag", "epochs_run", "best_epoch", "train_s_per_epoch")}),
-          {m: round(record["test"][m], 4) for m in METRICS})
+    overrides = {"cosine_temperature": 0.1, **parse_overrides(args.overrides)}
+    append_record(args.log, run_one(args, overrides, model=MODELS[args.model],
+                                    config_files=[recbole_properties(args.model)]))
 
 
 if __name__ == "__main__":

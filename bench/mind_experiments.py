@@ -63,25 +63,29 @@ def done_tags(log):
     return {json.loads(line)["tag"] for line in log.read_text().splitlines() if line.strip()}
 
 
-def run_one(args, overrides):
+def run_one(args, overrides, model=None, config_files=None):
+    """One run of ``model`` (default ``args.model``: a name, or a model class with its
+    ``config_files``) as a log record."""
     import torch
 
     from recbole_mind.quick_start import build_config, run
+
+    model = model or args.model
 
     torch.set_num_threads(args.threads)
     config_dict = {"checkpoint_dir": f"/tmp/mind_experiments/{args.tag}", "show_progress": False,
                    **overrides}
     resolved = None
-    if args.model == "MIND":  # every MIND key as this run used it: defaults change over time
+    if model == "MIND":  # every MIND key as this run used it: defaults change over time
         from recbole_mind.mind import read_hyper_parameters
 
-        config = build_config(args.model, args.dataset, config_dict=config_dict)
+        config = build_config(model, args.dataset, config_dict=config_dict)
         resolved = {**vars(read_hyper_parameters(config)), "learning_rate": config["learning_rate"],
                     "epochs": config["epochs"]}
     started = time.time()
-    result = run(args.model, args.dataset, config_dict=config_dict)
+    result = run(model, args.dataset, config_files=config_files, config_dict=config_dict)
     return {
-        "tag": args.tag, "model": args.model, "dataset": args.dataset, "overrides": overrides,
+        "tag": args.tag, "model": model if isinstance(model, str) else model.__name__, "dataset": args.dataset, "overrides": overrides,
         "resolved": resolved,
         "valid": result["best_valid_result"], "test": result["test_result"],
         "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
@@ -120,9 +124,13 @@ def main():
     if args.tag in done_tags(args.log):
         print(f"{args.tag}: already in {args.log}, skipped")
         return
-    record = run_one(args, parse_overrides(args.overrides))
-    args.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.log, "a", encoding="utf-8") as f:
+    append_record(args.log, run_one(args, parse_overrides(args.overrides)))
+
+
+def append_record(log, record):
+    """Append a run's record to the JSONL log and print its summary."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps({k: record[k] for k in ("tag", "epochs_run", "best_epoch", "train_s_per_epoch")}),
           {m: round(record["test"][m], 4) for m in METRICS})
