@@ -477,22 +477,30 @@ def test_table_projection_equals_projecting_each_behaviour(tiny_config):
     torch.testing.assert_close(whole, torch.cat(rows), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk_items", [7, 512])
-def test_max_interest_scores_sorted_and_chunked_equals_the_naive_max(chunk_items):
-    """The serving max: rows sorted by their active count, items in chunks (7 does not divide
-    the 40 items), against a row-by-row max; and a mask that is not a prefix takes the general
-    path with the same meaning."""
+@pytest.mark.parametrize("block_rows, block_items", [(5, 7), (256, 1024)])
+@pytest.mark.parametrize("varying", [True, False])
+def test_max_interest_scores_tiled_equals_the_naive_max(block_rows, block_items, varying):
+    """The serving max in tiles of users x items (5 x 7 divides neither the 33 rows nor the 40
+    items), with a varying number of active interests (rows sorted by it) and with K for every
+    row, against a row-by-row max; and a mask that is not a prefix, or leaves a row with no
+    interest, means the same as the plain masked max."""
     model = MIND.__new__(MIND)  # max_interest_scores reads nothing from the model
-    generator = torch.Generator().manual_seed(chunk_items)
+    generator = torch.Generator().manual_seed(block_rows)
     interests = torch.randn(33, 4, 6, generator=generator, dtype=torch.float64)
     items = torch.randn(40, 6, generator=generator, dtype=torch.float64)
-    active = torch.randint(1, 5, (33,), generator=generator)
+    active = torch.randint(1, 5, (33,), generator=generator) if varying else torch.full((33,), 4)
     mask = torch.arange(4).unsqueeze(0) < active.unsqueeze(1)
-    scores = MIND.max_interest_scores(model, interests, mask, items, chunk_items=chunk_items)
+    tiles = {"block_rows": block_rows, "block_items": block_items}
+    scores = MIND.max_interest_scores(model, interests, mask, items, **tiles)
     torch.testing.assert_close(scores, naive_max_scores(interests, active, items))
     scattered = mask.flip(1)  # active interests last: not a prefix
     expected = torch.stack([(interests[b, scattered[b]] @ items.t()).amax(0) for b in range(33)])
-    torch.testing.assert_close(MIND.max_interest_scores(model, interests, scattered, items), expected)
+    torch.testing.assert_close(MIND.max_interest_scores(model, interests, scattered, items, **tiles), expected)
+    empty_row = mask.clone()
+    empty_row[3] = False
+    expected[:] = torch.stack([(interests[b, mask[b]] @ items.t()).amax(0) for b in range(33)])
+    expected[3] = float("-inf")
+    torch.testing.assert_close(MIND.max_interest_scores(model, interests, empty_row, items, **tiles), expected)
 
 
 def test_behaviour_window_routes_only_the_last_behaviours(tiny_config):
