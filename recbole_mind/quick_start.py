@@ -29,6 +29,10 @@ from recbole_mind.mind import MIND, exclude_input_sequence, properties_dir, read
 
 DEFAULT_DATASET = "ml-100k"  # ships inside the recbole package: no download
 PLUGIN_MODELS = {"MIND": MIND}
+# Keys a resumed run may change without a word: the epoch budget (the usual reason to resume)
+# and where files go or how much is printed.
+RESUME_FREE_KEYS = {"epochs", "data_path", "checkpoint_dir", "show_progress", "state", "log_wandb",
+                    "gpu_id", "benchmark_filename"}
 
 
 def resolve_model(model):
@@ -153,6 +157,9 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         check_matches(resume_checkpoint, resume_from, config["model"], net.n_items)
         trainer.resume_checkpoint(resume_from)
         logger.info(f"resumed from {resume_from} at epoch {trainer.start_epoch}")
+        changed = resume_changes(resume_checkpoint["config"], config)
+        if changed:
+            logger.warning(resume_warning(resume_from, changed))
 
     epoch_seconds = []
     callback_fn = trainer_hook(trainer, train_data, epoch_seconds) if trainer_hook else None
@@ -204,6 +211,25 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "saved_model_file": trainer.saved_model_file if saved else None,
         **extra,
     }
+
+
+def resume_changes(saved_config, config):
+    """{key: (this run's value, the checkpoint's)} for every setting either run was given
+    (their yaml files, command line and config dict) that differs, RESUME_FREE_KEYS aside."""
+    keys = set(saved_config.external_config_dict) | set(config.external_config_dict)
+    return {k: (config[k], saved_config[k]) for k in sorted(keys - RESUME_FREE_KEYS)
+            if config[k] != saved_config[k]}
+
+
+def resume_warning(path, changed):
+    """One line for a resumed run whose settings are not the checkpoint's. RecBole's
+    resume_checkpoint restores the optimiser's state, its learning rate and weight decay with
+    it, so a new value of those is silently ignored: say so."""
+    listed = ", ".join(f"{k} {now!r} (checkpoint: {saved!r})" for k, (now, saved) in changed.items())
+    kept = [k for k in ("learning_rate", "weight_decay") if k in changed]
+    return (f"resuming {path} with other settings than it was trained with: {listed}. "
+            + (f"{' and '.join(kept)} {'stays' if len(kept) == 1 else 'stay'} the checkpoint's (RecBole restores its optimiser); " if kept else "")
+            + "the rest apply from here on. To train with new settings, start a new run instead of resuming.")
 
 
 @contextlib.contextmanager

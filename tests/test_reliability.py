@@ -1,6 +1,7 @@
 """Bad input gets one clear line and exit code 2; NaN stops cleanly; resume; reproducibility;
 MIND under RecBole's evaluation settings."""
 
+import logging
 import os
 
 import pytest
@@ -180,6 +181,34 @@ def test_resumed_run_that_never_improves_reports_the_checkpoints_metrics(tiny_co
     assert resumed["epochs_run"] == 2
     assert resumed["best_valid_result"] == pytest.approx(first["best_valid_result"])
     assert resumed["test_result"] == pytest.approx(first["test_result"])
+
+
+def test_resuming_with_other_settings_says_the_optimiser_keeps_its_learning_rate(tiny_config, caplog):
+    """RecBole's resume_checkpoint restores the optimiser, whose learning rate then wins over the
+    run's: a resumed run with another learning_rate (or any other setting) logs one warning
+    naming each change and what happens to it; a longer epoch budget alone logs none."""
+    cfg = {**tiny_config, "state": "WARNING", "learning_rate": 0.01}
+    first = run("MIND", "tiny", config_dict=cfg)
+    learning_rates = []
+
+    def record(trainer, train_data, epoch_seconds):
+        learning_rates.append(trainer.optimizer.param_groups[0]["lr"])
+
+    def resume_warnings():
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.getMessage().startswith("resuming")]
+
+    with caplog.at_level(logging.WARNING):
+        # (a resumed run saves its best checkpoints over the file it resumed, with its own config)
+        run("MIND", "tiny", config_dict={**cfg, "epochs": 2}, resume_from=first["saved_model_file"])
+        assert resume_warnings() == []
+        run("MIND", "tiny", config_dict={**cfg, "epochs": 3, "learning_rate": 0.02, "temperature": 0.2},
+            resume_from=first["saved_model_file"], trainer_hook=record)
+        (warning,) = resume_warnings()
+    assert "learning_rate 0.02 (checkpoint: 0.01)" in warning
+    assert "temperature 0.2 (checkpoint: 0.1)" in warning
+    assert "learning_rate stays the checkpoint's" in warning
+    assert learning_rates == [0.01]  # what the warning says
 
 
 def test_same_seed_same_metrics(tiny_config):
