@@ -10,12 +10,22 @@ theirs. A bench tool, not a model of the plugin: it logs like bench/mind_experim
 Usage (from the project root):
     python bench/cosine_baselines.py --log results/experiments/ml-100k.jsonl --tag s8_sasrec_cosine \
         --model SASRec --dataset ml-100k epochs=20 learning_rate=0.001
+
+A run that cannot finish in one sitting (SASRec on amazon-videogames: ~2.5 h) can be measured
+where it stands: ``--test_checkpoint`` evaluates the best checkpoint it has saved so far on the
+test set (and with each row's history removed), with the same key=value settings (refused if
+they differ from the checkpoint's), and logs that as a record marked ``partial``:
+    python bench/cosine_baselines.py --log ... --tag s9_sasrec_cosine_partial --model SASRec \
+        --dataset amazon-videogames --test_checkpoint /tmp/mind_experiments/<tag>/SASRecCosine-....pth \
+        --epochs_done 14 data_path=../shared/data epochs=20 learning_rate=0.001
 """
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -73,6 +83,48 @@ def recbole_properties(name):
     return str(Path(recbole.__file__).parent / "properties" / "model" / f"{name}.yaml")
 
 
+def evaluate_checkpoint(args, overrides, path):
+    """A record of ``path``, the best checkpoint a cosine baseline's run has saved so far (the
+    run may still be training): its test metrics, also with each row's history removed."""
+    from recbole.utils import get_trainer, init_seed
+
+    from recbole_mind.checkpoint import check_matches, load_checkpoint
+    from recbole_mind.errors import UserError
+    from recbole_mind.quick_start import build_config, history_excluded, prepare_data, resume_changes
+
+    torch.set_num_threads(args.threads)
+    model_class = MODELS[args.model]
+    checkpoint = load_checkpoint(path)
+    config = build_config(model_class, args.dataset, config_files=[recbole_properties(args.model)],
+                          config_dict={"show_progress": False, **overrides})
+    changed = resume_changes(checkpoint["config"], config)
+    if changed:
+        raise UserError(f"{path} was trained with other settings: "
+                        + ", ".join(f"{k} {saved!r} (given: {now!r})" for k, (now, saved) in changed.items())
+                        + "; give the run's own key=value settings")
+    init_seed(config["seed"], config["reproducibility"])
+    _, train_data, _, test_data = prepare_data(config)
+    model = model_class(config, train_data._dataset)
+    check_matches(checkpoint, path, config["model"], model.n_items)
+    model.load_state_dict(checkpoint["state_dict"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    started = time.time()
+    test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    eval_s = time.time() - started
+    with history_excluded(model):
+        masked = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    return {
+        "tag": args.tag, "model": model_class.__name__, "dataset": args.dataset, "overrides": overrides,
+        "resolved": None, "partial": f"best checkpoint so far of an unfinished run: {path}",
+        "valid": {config["valid_metric"].lower(): float(checkpoint["best_valid_score"])},
+        "test": {k: float(v) for k, v in test.items()},
+        "test_history_excluded": {k: float(v) for k, v in masked.items()},
+        "epochs_run": args.epochs_done, "best_epoch": checkpoint["epoch"] + 1,
+        "train_s_per_epoch": None, "eval_s": round(eval_s, 3), "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", type=Path, required=True)
@@ -80,12 +132,24 @@ def main():
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--test_checkpoint", metavar="PATH",
+                        help="evaluate this best checkpoint of a run (maybe unfinished) instead of training")
+    parser.add_argument("--epochs_done", type=int, default=None,
+                        help="with --test_checkpoint: epochs the run had finished (from its log), for the record")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     if args.tag in done_tags(args.log):
         print(f"{args.tag}: already in {args.log}, skipped")
         return
     overrides = {"cosine_temperature": 0.1, **parse_overrides(args.overrides)}
+    if args.test_checkpoint:
+        from recbole_mind.errors import UserError
+
+        try:
+            record = evaluate_checkpoint(args, overrides, args.test_checkpoint)
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
+        return append_record(args.log, record)
     append_record(args.log, run_one(args, overrides, model=MODELS[args.model],
                                     config_files=[recbole_properties(args.model)]))
 

@@ -104,7 +104,8 @@ def table(log):
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
         test = " | ".join(f"{r['test'][m]:.4f}" for m in METRICS)
         print(f"| {r['tag']} | {overrides} | {r['valid']['ndcg@10']:.4f} | {test} | "
-              f"{r['best_epoch']} / {r['epochs_run']} | {r['train_s_per_epoch']:.1f} |")
+              f"{r['best_epoch']} / {r['epochs_run']} | "
+              + ("-" if r["train_s_per_epoch"] is None else f"{r['train_s_per_epoch']:.1f}") + " |")
 
 
 def main():

@@ -1,12 +1,17 @@
 """bench/cosine_baselines.py: RecBole's SASRec / GRU4Rec scored by cosines (the control for
 MIND's normalize_vectors)."""
 
+from argparse import Namespace
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from recbole.utils import init_seed
 
-from bench.cosine_baselines import MODELS, recbole_properties
+from bench.cosine_baselines import MODELS, evaluate_checkpoint, recbole_properties
+from bench.mind_experiments import run_one
+from recbole_mind.errors import UserError
 from recbole_mind.quick_start import build_config, prepare_data
 
 
@@ -27,3 +32,19 @@ def test_cosine_baseline_scores_cosines_and_trains_on_them_over_the_temperature(
         torch.testing.assert_close(model.calculate_loss(batch), expected)
         batch[model.ITEM_ID] = labels
         torch.testing.assert_close(model.predict(batch), cosines[torch.arange(len(labels)), labels])
+
+
+def test_a_runs_best_checkpoint_tests_as_the_run_did(tiny_config):
+    """--test_checkpoint (for a run still training) gives the finished run's own test figures
+    from its best checkpoint, and refuses settings other than the checkpoint's."""
+    args = Namespace(tag="t", model="SASRec", dataset="tiny", threads=1, epochs_done=3)
+    overrides = {**tiny_config, "hidden_size": 16, "epochs": 3, "cosine_temperature": 0.2}
+    finished = run_one(args, overrides, model=MODELS["SASRec"], config_files=[recbole_properties("SASRec")])
+    (path,) = Path(tiny_config["checkpoint_dir"]).glob("SASRecCosine-*.pth")
+    partial = evaluate_checkpoint(args, overrides, str(path))
+    assert partial["test"] == pytest.approx(finished["test"])
+    assert partial["best_epoch"] == finished["best_epoch"]
+    assert partial["valid"]["ndcg@10"] == pytest.approx(finished["valid"]["ndcg@10"])
+    assert partial["test_history_excluded"] != partial["test"]  # the second evaluation filters
+    with pytest.raises(UserError, match=r"cosine_temperature 0.2 \(given: 0.1\)"):
+        evaluate_checkpoint(args, {**overrides, "cosine_temperature": 0.1}, str(path))
