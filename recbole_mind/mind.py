@@ -630,7 +630,7 @@ class MIND(SequentialRecommender):
         batch, k, dim = interests.shape
         n_items = item_emb.size(0)
         active = interest_mask.sum(dim=1)
-        if not bool((active > 0).all()):  # a row with no interest: one matmul, everything -inf
+        if batch == 0 or not bool((active > 0).all()):  # a row with no interest: its scores -inf
             scores = torch.einsum("bkd,nd->bkn", interests, item_emb)
             return scores.masked_fill_(~interest_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         # Active interests first in each row, and every inactive slot a copy of the row's first

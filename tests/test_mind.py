@@ -501,6 +501,7 @@ def test_max_interest_scores_tiled_equals_the_naive_max(block_rows, block_items,
     expected[:] = torch.stack([(interests[b, mask[b]] @ items.t()).amax(0) for b in range(33)])
     expected[3] = float("-inf")
     torch.testing.assert_close(MIND.max_interest_scores(model, interests, empty_row, items, **tiles), expected)
+    assert MIND.max_interest_scores(model, interests[:0], mask[:0], items, **tiles).shape == (0, 40)
 
 
 def test_behaviour_window_routes_only_the_last_behaviours(tiny_config):
