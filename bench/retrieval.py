@@ -17,7 +17,8 @@ Vector sources:
 * real: the item vectors and user interests (with their active masks) of a MIND checkpoint
   trained on amazon-videogames (23.7k items). 10k: a random subset of the real items;
   100k / 1M: every real item plus perturbed copies (a random real vector + Gaussian noise of
-  0.25 x the per-dimension std of the real vectors); queries: interests of random real users.
+  0.25 x the per-dimension std of the real vectors, scaled back to unit length when the real
+  vectors are unit length: normalize_vectors); queries: interests of random real users.
 
 Usage (see results/retrieval.md for the command that produced the committed figures):
     python bench/retrieval.py --checkpoint saved/MIND-....pth --data_path /work/shared/data
@@ -93,6 +94,9 @@ def real_catalogue(items, n, rng):
     noise = 0.25 * items.std(axis=0, keepdims=True)
     copies = items[rng.integers(0, len(items), n - len(items))]
     copies = copies + noise * rng.standard_normal(copies.shape).astype(np.float32)
+    norms = np.linalg.norm(items, axis=1)
+    if np.allclose(norms, 1.0, atol=1e-3):  # a normalize_vectors model: copies stay unit vectors too
+        copies /= np.linalg.norm(copies, axis=1, keepdims=True)
     return np.concatenate([items, copies])
 
 
