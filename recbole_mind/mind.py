@@ -639,9 +639,9 @@ class MIND(SequentialRecommender):
         packed = interests.gather(1, slots.unsqueeze(-1).expand(-1, -1, dim))
         prefix = torch.arange(k, device=active.device).unsqueeze(0) < active.unsqueeze(1)
         packed = torch.where(prefix.unsqueeze(-1), packed, packed[:, :1])
-        order = torch.argsort(active, descending=True, stable=True)
         sorted_rows = not bool((active == active[0]).all())
         if sorted_rows:
+            order = torch.argsort(active, descending=True, stable=True)
             packed, active = packed[order], active[order]
         items_t = item_emb.t()
         scores = torch.empty(batch, n_items, dtype=interests.dtype, device=interests.device)

@@ -22,6 +22,7 @@ from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import get_model, get_trainer, init_logger, init_seed  # noqa: E402
 
 from recbole_mind.checkpoint import check_matches, load_checkpoint  # noqa: E402
+from recbole_mind.compare import NOT_PROTOCOL  # noqa: E402
 from recbole_mind.checks import check_config_files, check_dataset_files, check_run_config  # noqa: E402
 from recbole_mind.download import ensure_dataset  # noqa: E402
 from recbole_mind.errors import UserError  # noqa: E402
@@ -30,9 +31,8 @@ from recbole_mind.mind import MIND, exclude_input_sequence, properties_dir, read
 DEFAULT_DATASET = "ml-100k"  # ships inside the recbole package: no download
 PLUGIN_MODELS = {"MIND": MIND}
 # Keys a resumed run may change without a word: the epoch budget (the usual reason to resume)
-# and where files go or how much is printed.
-RESUME_FREE_KEYS = {"epochs", "data_path", "checkpoint_dir", "show_progress", "state", "log_wandb",
-                    "gpu_id", "benchmark_filename"}
+# and those that change where files go or how much is printed, as for a comparison's protocol.
+RESUME_FREE_KEYS = NOT_PROTOCOL | {"epochs", "benchmark_filename"}
 
 
 def resolve_model(model):
