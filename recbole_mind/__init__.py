@@ -8,14 +8,15 @@ from recbole_mind import compat
 
 compat.apply()
 
-from recbole_mind.mind import MIND, default_config, properties_dir  # noqa: E402
-from recbole_mind.routing import B2IRouting  # noqa: E402
+from recbole_mind import properties  # noqa: E402
+from recbole_mind.model import MIND  # noqa: E402
+from recbole_mind.version import __version__  # noqa: E402
 
 
 def config_files():
-    """The yaml files a RecBole ``Config`` for MIND should load: ``[properties/MIND.yaml]``."""
-    return [str(properties_dir() / "MIND.yaml")]
+    """The yaml files a RecBole ``Config`` for MIND should load: the run protocol, then MIND's
+    defaults (``[run.yaml, MIND.yaml]``)."""
+    return [str(properties.RUN), str(properties.MIND)]
 
 
-__all__ = ["MIND", "B2IRouting", "config_files", "default_config", "properties_dir"]
-__version__ = "0.1.0"
+__all__ = ["MIND", "config_files", "__version__"]

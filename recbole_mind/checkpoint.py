@@ -1,4 +1,4 @@
-"""Loading RecBole checkpoints the user names, with clear errors.
+"""Checkpoints the user names: loaded with clear errors, and turned back into a model.
 
 A RecBole checkpoint (``saved/<Model>-<date>.pth``) is a pickle holding the whole Config, so
 loading one runs code: only ever load a path the user gave, never one found by globbing.
@@ -8,10 +8,19 @@ The trainer's own best-model reload is the same trust (it reads the file it just
 import os
 import pickle
 import zipfile
+from collections import namedtuple
 
 import torch
+from recbole.utils import init_seed
 
+from recbole_mind.config import add_item_fields, build_config, resolve_model
+from recbole_mind.data import prepare_data
 from recbole_mind.errors import UserError
+from recbole_mind.trainer import VERSION_KEY
+from recbole_mind.version import __version__
+
+# A trained model with the data it was trained on: RecBole's config, dataset and loaders.
+Restored = namedtuple("Restored", "config dataset train_data valid_data test_data model")
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -26,6 +35,11 @@ def load_checkpoint(path, map_location="cpu"):
                         f"training") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
         raise UserError(f"{path} is not a RecBole checkpoint (no state_dict/config): give a .pth saved by training")
+    version = checkpoint.get(VERSION_KEY)
+    if version != __version__:
+        made_by = f"recbole-mind {version}" if version else "another program (no recbole-mind version in it)"
+        raise UserError(f"checkpoint {path} was saved by {made_by}, this is recbole-mind {__version__}: "
+                        f"train it again with this version, or use the version that saved it")
     return checkpoint
 
 
@@ -43,16 +57,34 @@ def check_matches(checkpoint, path, model_name, n_items, item_key="item_embeddin
         )
 
 
-def config_values(checkpoint, config_dict=None):
-    """The keys a checkpoint was trained with (its config's own, beyond the yaml defaults), for
-    rebuilding its config: model and dataset left out, and for MIND every key added to MIND.yaml
-    since it was saved at the value that behaves as it was trained (``mind.VALUE_BEFORE_KEY``),
-    not today's default; ``config_dict`` on top."""
-    from recbole_mind.mind import VALUE_BEFORE_KEY
+def restore(path, model="MIND", data_path=None, item_fields=(), purpose="this mode"):
+    """:class:`Restored` from the checkpoint at ``path``: its config rebuilt from the settings it
+    was trained with, the dataset loaded again (``data_path`` if the data moved; ``item_fields``
+    loaded besides), the model on the CPU in eval mode.
 
+    Loading extra .item fields cannot move item ids silently: ids follow the order of first
+    appearance in the .inter file, so the id map changes only when the .item file adds or
+    removes items, and then the item table no longer fits the checkpoint and loading fails.
+    """
+    checkpoint = load_checkpoint(path)  # a pickle: only the path the user named
     saved = checkpoint["config"]
+    if resolve_model(saved["model"]) is not resolve_model(model):
+        raise UserError(f"{path} holds a {saved['model']} model: {purpose} needs a {model} checkpoint")
     values = {k: v for k, v in saved.external_config_dict.items() if k not in ("model", "dataset")}
-    if saved["model"] == "MIND":
-        values.update({k: v for k, v in VALUE_BEFORE_KEY.items() if k not in saved})
-    values.update(config_dict or {})
-    return values
+    if data_path is not None:
+        values["data_path"] = data_path
+    config = build_config(saved["model"], saved["dataset"], config_dict=values)
+    config["device"] = torch.device("cpu")
+    if item_fields:
+        add_item_fields(config, item_fields)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset, train_data, valid_data, test_data = prepare_data(config)
+    net = resolve_model(model)(config, train_data._dataset)
+    check_matches(checkpoint, path, saved["model"], net.n_items)
+    try:
+        net.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"{path} does not fit the rebuilt dataset ({str(e).splitlines()[-1].strip()}): "
+                        "use the data and settings it was trained with") from None
+    net.load_other_parameter(checkpoint.get("other_parameter"))
+    return Restored(config, dataset, train_data, valid_data, test_data, net.eval())

@@ -1,30 +1,25 @@
 """Command line of recbole-mind: ``python run_recbole_mind.py [--model M] [--dataset D] [--key=value ...]``.
 
 Flags follow RecBole's run_recbole.py: ``--model/-m``, ``--dataset/-d``, ``--config_files``
-(space-separated yaml paths), and any ``--key=value`` as a RecBole config override.
+(space-separated yaml paths), and any ``--key=value`` as a RecBole config override. The modes
+(train by default; ``--compare``, ``--hyper``, ``--retrieve``, ``--export``, ``--explain``)
+each live in their own module; every flag is parsed here.
 """
 
 import argparse
-import importlib
+import os
 import sys
+from dataclasses import fields
 
 import yaml
 
+from recbole_mind import compare, explain, export, retrieve, train, tune
+from recbole_mind.checkpoint import restore
+from recbole_mind.config import DEFAULT_DATASET
 from recbole_mind.errors import UserError
 
-# Each extra mode (--compare, --hyper, --retrieve, --explain) lives in its own module with
-#   add_arguments(parser)            -> adds its flags
-#   selected(args) -> bool           -> whether the parsed flags ask for this mode
-#   main(args, overrides) -> None    -> runs it (raises UserError on bad input)
-MODE_MODULES = [
-    "recbole_mind.retrieval",  # first: it hands a bare --topk=... back to the other modes as an override
-    "recbole_mind.compare",
-    "recbole_mind.hyper",
-    "recbole_mind.explain",
-]
 
-
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_recbole_mind.py",
         description="Train and evaluate MIND (or a RecBole built-in) with RecBole's pipeline. "
@@ -32,13 +27,73 @@ def parse_args(argv):
     )
     parser.add_argument("--model", "-m", default="MIND", help="MIND or a RecBole model name (default MIND)")
     parser.add_argument("--dataset", "-d", default=None,
-                        help="dataset name (default ml-100k, shipped inside recbole: no download)")
+                        help=f"dataset name (default {DEFAULT_DATASET}, shipped inside recbole: no download)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml config files")
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
                         help="continue an interrupted run from the checkpoint it saved (RecBole's resume)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    for module in modes():
-        module.add_arguments(parser)
+
+    group = parser.add_argument_group("comparison (--compare)")
+    group.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
+                       help="train and compare these models under one protocol, e.g. "
+                            "--compare MIND GRU4Rec SASRec SINE")
+    group.add_argument("--lr_grid", default=compare.DEFAULT_LR_GRID,
+                       help="comma-separated learning rates tried for every model; the best on "
+                            f"validation is kept (default {compare.DEFAULT_LR_GRID})")
+    group.add_argument("--rerun", action="store_true", help="train every run again even if its result file exists")
+    group.add_argument("--no_report", action="store_true",
+                       help="only train the missing runs (one piece of a comparison); write no report")
+    group.add_argument("--torch_threads", type=int, default=None,
+                       help="torch CPU threads per run (default: torch's own choice); on a machine "
+                            "shared with other jobs 1 avoids threads spinning against each other")
+    group.add_argument("--time_budget", type=float, default=None, metavar="HOURS",
+                       help="stop before an epoch that would end after HOURS and exit with status "
+                            "75; the same command continues from the last finished epoch")
+    group.add_argument("--results_dir", default=compare.DEFAULT_RESULTS_DIR,
+                       help=f"where <protocol>/<dataset>.md and the runs go (default {compare.DEFAULT_RESULTS_DIR})")
+
+    group = parser.add_argument_group("hyper-parameter tuning (--hyper, RecBole's HyperTuning)")
+    group.add_argument("--hyper", action="store_true", help="tune the model's hyper-parameters")
+    group.add_argument("--params_file", default=None,
+                       help="RecBole params file of the search space, e.g. recbole_mind/properties/hyper/MIND.hyper")
+    group.add_argument("--algo", default="exhaustive", choices=tune.ALGOS,
+                       help="search: exhaustive (grid of 'choice' lines), random or bayes (TPE)")
+    group.add_argument("--max_evals", type=int, default=None,
+                       help="most trials (default: the whole grid for exhaustive, 100 otherwise)")
+    group.add_argument("--early_stop", type=int, default=10,
+                       help="stop after this many trials without a better valid score (default 10)")
+    group.add_argument("--output_file", default=None, help="result file (default hyper/<model>-<dataset>.result)")
+
+    group = parser.add_argument_group(
+        "a trained model (--retrieve, --export, --explain with --checkpoint; the checkpoint is "
+        "unpickled, which runs code: load only files you trust)")
+    group.add_argument("--checkpoint", metavar="PATH", default=None, help="a MIND checkpoint saved by training")
+    group.add_argument("--retrieve", action="store_true", help="write top-k recommendations of every user")
+    group.add_argument("--export", metavar="PATH", default=None,
+                       help="export the user tower (item_seq, item_seq_len, user_id -> interests, mask) "
+                            "as a torch.export program (.pt2)")
+    group.add_argument("--explain", action="store_true",
+                       help="routing heat maps, capsule health and interest purity of a trained MIND")
+    # --topk is also RecBole's evaluation key: without --retrieve it is handed to RecBole as text
+    group.add_argument("--topk", dest="retrieve_topk", metavar="N", default=None,
+                       help="recommendations per user when retrieving (default 50); otherwise "
+                            "RecBole's topk, e.g. --topk=[10,20]")
+    group.add_argument("--index", choices=retrieve.INDEX_TYPES, default="flat", help="faiss index (default flat, exact)")
+    group.add_argument("--output", metavar="PATH", default="recs.csv", help="recommendations CSV (default recs.csv)")
+    group.add_argument("--keep_history", action="store_true",
+                       help="allow items the user already interacted with (default: removed)")
+    defaults = retrieve.IndexParams()
+    for field in fields(retrieve.IndexParams):
+        group.add_argument(f"--{field.name}", type=field.type, default=None,
+                           help=f"index parameter (default {getattr(defaults, field.name) or 'auto'})")
+    group.add_argument("--users", help="comma-separated external user ids to draw (explain)")
+    group.add_argument("--output_dir", help="folder for the explain pictures and summary.json "
+                                            "(default: next to the checkpoint)")
+    return parser
+
+
+def parse_args(argv):
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -46,26 +101,98 @@ def parse_args(argv):
         if not key or not sep:
             parser.error(f"unrecognised argument {arg!r}: config overrides are written --key=value")
         overrides[key] = value
+    if args.retrieve_topk is not None and not args.retrieve:
+        overrides["topk"] = args.retrieve_topk
     return args, overrides
 
 
-def modes():
-    return [importlib.import_module(name) for name in MODE_MODULES]
-
-
 def run_from_args(args, overrides):
-    from recbole_mind import quick_start
-
-    for module in modes():
-        if module.selected(args):
-            return module.main(args, overrides)
     if "dataset" in overrides or "model" in overrides:
         raise UserError("give the dataset and model as --dataset NAME and --model NAME")
     config_files = args.config_files.split() if args.config_files else None
-    result = quick_start.run(args.model, args.dataset or quick_start.DEFAULT_DATASET,
-                             config_files=config_files, config_dict=overrides, resume_from=args.resume)
+    dataset = args.dataset or DEFAULT_DATASET
+    if args.compare:
+        return compare.compare(args.compare, dataset, args.lr_grid, config_files, overrides,
+                               rerun=args.rerun, no_report=args.no_report, torch_threads=args.torch_threads,
+                               time_budget=args.time_budget, results_dir=args.results_dir)
+    if args.hyper:
+        return run_tune(args, dataset, config_files, overrides)
+    if args.retrieve or args.export:
+        return run_retrieve_or_export(args, overrides)
+    if args.explain:
+        return run_explain(args, overrides)
+    result = train.run(args.model, dataset, config_files=config_files, config_dict=overrides,
+                       resume_from=args.resume)
     print(format_result(result))
     return result
+
+
+def run_tune(args, dataset, config_files, overrides):
+    if not args.params_file:
+        raise UserError("--hyper needs a search space: add --params_file recbole_mind/properties/hyper/MIND.hyper")
+    summary = tune.tune(args.model, dataset, args.params_file, config_files=config_files,
+                        config_dict=overrides, algo=args.algo, max_evals=args.max_evals,
+                        early_stop=args.early_stop,
+                        output_file=args.output_file or os.path.join("hyper", f"{args.model}-{dataset}.result"))
+    print(tune.format_summary(summary))
+    return summary
+
+
+def run_retrieve_or_export(args, overrides):
+    unknown = sorted(set(overrides) - {"data_path"})
+    if unknown:
+        raise UserError(f"--{unknown[0]} cannot change a trained model: retrieval and export accept "
+                        f"only --data_path=... besides their own flags")
+    if not args.checkpoint:
+        raise UserError("--retrieve and --export need --checkpoint saved/MIND-*.pth")
+    topn = _positive_int(args.retrieve_topk or "50", "--topk")
+    params = retrieve.IndexParams(**{f.name: getattr(args, f.name) for f in fields(retrieve.IndexParams)
+                                     if getattr(args, f.name) is not None})
+    for field in fields(retrieve.IndexParams):
+        value = getattr(params, field.name)
+        if field.type is int and value is not None and value < 1:
+            raise UserError(f"--{field.name} must be >= 1, got {value}")
+    restored = restore(args.checkpoint, "MIND", overrides.get("data_path"), purpose="retrieval and export")
+    if args.export:
+        export.export_user_tower(restored.model, restored.dataset, args.export)
+        print(f"exported the user tower to {args.export}")
+    if args.retrieve:
+        users, items, scores = retrieve.retrieve_for_dataset(restored.model, restored.dataset, topn, args.index,
+                                                             params, exclude_history=not args.keep_history)
+        n_rows = retrieve.write_recommendations(args.output, restored.dataset, users, items, scores)
+        print(f"wrote {n_rows} recommendations for {len(users)} users to {args.output} "
+              f"(index {args.index}, top {topn})")
+
+
+def run_explain(args, overrides):
+    if not args.checkpoint:
+        raise UserError("--explain needs --checkpoint PATH of a trained MIND (saved/MIND-....pth)")
+    unknown = sorted(set(overrides) - {"data_path"})
+    if unknown:
+        raise UserError(f"--{unknown[0]} cannot change a trained model: --explain accepts only "
+                        "--data_path=... besides its own flags")
+    users = [u for u in (args.users or "").split(",") if u.strip()]
+    output_dir = args.output_dir or os.path.splitext(args.checkpoint)[0] + "-explain"
+    explainer = explain.load_explainer(args.checkpoint, overrides.get("data_path"))
+    if args.dataset and args.dataset != explainer.dataset.dataset_name:
+        raise UserError(f"the checkpoint was trained on {explainer.dataset.dataset_name}, not {args.dataset}: "
+                        f"drop --dataset")
+    if users:
+        explainer.user_index(users)  # fail on a bad id before any work
+    os.makedirs(output_dir, exist_ok=True)
+    report = explain.explain_all(explainer, output_dir, users)
+    print(explain.format_report(report))
+    return report
+
+
+def _positive_int(text, flag):
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"{flag} must be a whole number of recommendations, got {text!r}") from None
+    if value < 1:
+        raise UserError(f"{flag} must be >= 1, got {value}")
+    return value
 
 
 def format_result(result):

@@ -1,13 +1,13 @@
 """Side-by-side comparison of MIND and RecBole built-ins under one protocol.
 
 ``python run_recbole_mind.py --compare MIND GRU4Rec SASRec SINE --dataset amazon-videogames
---data_path=../shared/data`` trains every model on the same dataset, split (properties/run.yaml:
+--data_path=../shared/data`` trains every model on the same dataset, split (run.yaml:
 leave-one-out in time order, full ranking), seed, embedding and hidden size, maximum sequence
 length, loss and epoch budget, picks each model's learning rate from one grid on validation,
-and writes ``results/<dataset>.md``, ``results/<dataset>.json`` and ``results/<dataset>.png``.
+and writes ``results/leave_one_out/<dataset>.md``, ``.json`` and ``.png``.
 
 Each (model, learning rate) run is its own process, so its peak RSS is its own, and its result is
-one JSON file under ``results/runs/<dataset>/``, written atomically; a later call trains only
+one JSON file under ``results/leave_one_out/runs/<dataset>/``, written atomically; a later call trains only
 the runs whose file is missing (``--rerun`` trains them all again), so the comparison can be run
 in pieces, one model and learning rate at a time (``--compare SASRec --lr_grid 0.001
 --no_report``). A run too long for one sitting is cut at epochs: after every validation its
@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import re
 import resource
 import signal
 import sys
@@ -30,11 +29,16 @@ import time
 from logging import getLogger
 from pathlib import Path
 
+from recbole_mind import train
+from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, PLUGIN_MODELS, build_config
 from recbole_mind.errors import UserError
-from recbole_mind.files import atomic_write
+from recbole_mind.files import atomic_write, write_json_atomic
+from recbole_mind.model.hyper_parameters import read_hyper_parameters
+from recbole_mind.version import __version__
 
 DEFAULT_LR_GRID = "0.001,0.003"
 DEFAULT_RESULTS_DIR = "results"
+PROTOCOL_NAME = "leave_one_out"  # results/<protocol>/: the split and ranking run.yaml defines
 # The model settings every compared model gets, whatever its own yaml says: GRU4Rec, SINE and
 # MIND size their embeddings with embedding_size, GRU4Rec and SASRec their hidden state with
 # hidden_size, so both are fixed. The split, metrics and epoch budget come from run.yaml.
@@ -51,80 +55,53 @@ PROTOCOL_KEYS = (
     "metrics", "topk", "eval_args", "train_batch_size", "eval_batch_size", "device",
 )
 # MIND's own resolved hyper-parameters go in its protocol under this key: a stored MIND run is
-# not reused after MIND.yaml's defaults or a --config_files file change them, nor when it lacks
-# them. Not compared across models.
+# not reused after MIND.yaml's defaults or a --config_files file change them. Not compared
+# across models.
 MODEL_SETTINGS = "model_settings"
-# Overrides that change where files go or how much is printed, not what is measured.
-NOT_PROTOCOL = {"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id"}
 METRIC_ORDER = ("recall", "ndcg", "mrr", "hit")
 METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "hit": "Hit"}
 PAUSED_EXIT = 75  # EX_TEMPFAIL: runs stopped at --time_budget; the same command continues them
 
 
-def add_arguments(parser):
-    group = parser.add_argument_group("comparison (--compare)")
-    group.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
-                       help="train and compare these models under one protocol, e.g. "
-                            "--compare MIND GRU4Rec SASRec SINE")
-    group.add_argument("--lr_grid", default=DEFAULT_LR_GRID,
-                       help="comma-separated learning rates tried for every model; the best on "
-                            f"validation is kept (default {DEFAULT_LR_GRID})")
-    group.add_argument("--rerun", action="store_true",
-                       help="train every run again even if its result file exists")
-    group.add_argument("--no_report", action="store_true",
-                       help="only train the missing runs (one piece of a comparison); write no report")
-    group.add_argument("--torch_threads", type=int, default=None,
-                       help="torch CPU threads per run (default: torch's own choice); on a machine "
-                            "shared with other jobs 1 avoids threads spinning against each other")
-    group.add_argument("--time_budget", type=float, default=None, metavar="HOURS",
-                       help="stop before an epoch that would end after HOURS and exit with status "
-                            "75; the same command continues from the last finished epoch")
-    group.add_argument("--results_dir", default=DEFAULT_RESULTS_DIR,
-                       help=f"where the report and runs/<dataset>/ go (default {DEFAULT_RESULTS_DIR})")
-
-
-def selected(args):
-    return bool(getattr(args, "compare", None))
-
-
-def main(args, overrides):
-    """Train the missing runs, then write the report; returns the report dict (None with --no_report)."""
-    from recbole_mind.quick_start import DEFAULT_DATASET
-
-    models = _unique(args.compare)
-    lr_grid = parse_lr_grid(args.lr_grid)
+def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_files=None, overrides=None,
+            rerun=False, no_report=False, torch_threads=None, time_budget=None,
+            results_dir=DEFAULT_RESULTS_DIR):
+    """Train the missing runs, then write the report; returns the report dict (None with
+    ``no_report``). Exits with PAUSED_EXIT when ``time_budget`` hours stopped runs unfinished."""
+    overrides = dict(overrides or {})
+    models = _unique(models)
+    lr_text = lr_grid
+    lr_grid = parse_lr_grid(lr_grid)
     for key in ("learning_rate", "model", "dataset"):
         if key in overrides:
             raise UserError(f"--{key}= cannot be given with --compare: use "
                             + ("--lr_grid" if key == "learning_rate" else f"--{key} NAME"))
-    dataset = args.dataset or DEFAULT_DATASET
-    config_files = args.config_files.split() if args.config_files else None
-    if args.torch_threads is not None and args.torch_threads < 1:
-        raise UserError(f"--torch_threads must be 1 or more, got {args.torch_threads}")
-    if args.time_budget is not None and not args.time_budget > 0:
-        raise UserError(f"--time_budget must be a positive number of hours, got {args.time_budget}")
-    deadline = time.time() + 3600 * args.time_budget if args.time_budget else None
+    if torch_threads is not None and torch_threads < 1:
+        raise UserError(f"--torch_threads must be 1 or more, got {torch_threads}")
+    if time_budget is not None and not time_budget > 0:
+        raise UserError(f"--time_budget must be a positive number of hours, got {time_budget}")
+    deadline = time.time() + 3600 * time_budget if time_budget else None
     config_dict = {**SHARED_SETTINGS, **overrides}
     protocols = {model: protocol_of(model, dataset, config_files, config_dict, overrides)
                  for model in models}
     for protocol in protocols.values():
-        protocol["torch_threads"] = args.torch_threads  # timings are only comparable at one thread count
+        protocol["torch_threads"] = torch_threads  # timings are only comparable at one thread count
     _check_same_protocol(protocols)
 
-    results_dir = Path(args.results_dir)
-    runs_dir = results_dir / "runs" / dataset
+    report_dir = Path(results_dir) / PROTOCOL_NAME
+    runs_dir = report_dir / "runs" / dataset
     records, pending = run_all(models, lr_grid, dataset, config_files, config_dict, protocols,
-                               runs_dir, rerun=args.rerun, deadline=deadline)
+                               runs_dir, rerun=rerun, deadline=deadline)
     if pending:
         print(f"time budget spent: {len(pending)} run(s) not finished ({'; '.join(pending)}); run "
               "the same command again to continue them from their last finished epoch")
         raise SystemExit(PAUSED_EXIT)
-    if args.no_report:
+    if no_report:
         return None
     shared = {k: v for k, v in protocols[models[0]].items() if k != MODEL_SETTINGS}
-    report = build_report(dataset, models, lr_grid, records, shared,
-                          command=command_line(models, dataset, args, overrides), runs_dir=runs_dir)
-    paths = write_report(report, results_dir)
+    command = command_line(models, dataset, lr_text, config_files, torch_threads, results_dir, overrides)
+    report = build_report(dataset, models, lr_grid, records, shared, command=command)
+    paths = write_report(report, report_dir)
     print(format_table(report))
     print("wrote " + ", ".join(str(p) for p in paths))
     return report
@@ -150,13 +127,10 @@ def _unique(values):
 def protocol_of(model, dataset, config_files, config_dict, overrides):
     """The protocol settings of ``model``'s run, as RecBole's Config resolves them (for MIND
     also its own hyper-parameters, under MODEL_SETTINGS)."""
-    from recbole_mind.mind import read_hyper_parameters
-    from recbole_mind.quick_start import PLUGIN_MODELS, build_config
-
     config = build_config(model, dataset, config_files, config_dict)
-    keys = list(PROTOCOL_KEYS) + sorted(k for k in overrides if k not in NOT_PROTOCOL
+    keys = list(PROTOCOL_KEYS) + sorted(k for k in overrides if k not in LOCATION_KEYS
                                        and k not in PROTOCOL_KEYS)
-    protocol = {"dataset": dataset}
+    protocol = {"dataset": dataset, "version": __version__}
     protocol.update({key: config[key] for key in keys})
     if model in PLUGIN_MODELS:
         protocol[MODEL_SETTINGS] = vars(read_hyper_parameters(config))
@@ -164,20 +138,9 @@ def protocol_of(model, dataset, config_files, config_dict, overrides):
 
 
 def same_protocol(stored, fresh):
-    """Whether a stored run's protocol is ``fresh``. A MIND record written before its settings
-    were kept (session 2) is refused, since it cannot show which defaults it ran with (session
-    3's softmax_dtype default would otherwise have reused float32 runs). A setting added since a
-    record was written counts as the same only at its old behaviour's value
-    (``mind.VALUE_BEFORE_KEY``)."""
-    from recbole_mind.mind import VALUE_BEFORE_KEY
-
-    stored, fresh = dict(stored or {}), dict(fresh)
-    if isinstance(stored.get(MODEL_SETTINGS), dict) and isinstance(fresh.get(MODEL_SETTINGS), dict):
-        fresh[MODEL_SETTINGS] = {
-            key: value for key, value in fresh[MODEL_SETTINGS].items()
-            if key in stored[MODEL_SETTINGS] or VALUE_BEFORE_KEY.get(key, object()) != value
-        }
-    return stored == fresh
+    """Whether a stored run's protocol is ``fresh`` (the package version included: another
+    version may compute other figures)."""
+    return dict(stored or {}) == dict(fresh)
 
 
 def _plain(value):
@@ -344,7 +307,7 @@ def _context():
             sys.path.append(package_root)
         if "forkserver" in multiprocessing.get_all_start_methods():
             _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(["recbole_mind.quick_start", "recbole_mind.compare"])
+            _CONTEXT.set_forkserver_preload(["recbole_mind.compare"])
         else:  # Windows: a fresh interpreter per run
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT
@@ -371,18 +334,6 @@ def _summary_line(record):
             f"at {result['best_epoch']}, {result['train_s_per_epoch']:.1f} s/epoch, valid "
             f"{record['valid_metric']} {result['best_valid_score']:.4f}, peak RSS "
             f"{record['peak_rss_mb']:.0f} MB")
-
-
-def write_json_atomic(path, value):
-    """Write JSON so that a reader (or a later resume) sees the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def dump(f):
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-
-    atomic_write(path, dump, mode="w")
 
 
 def peak_rss_mb():
@@ -436,12 +387,12 @@ class RunState:
         self.pth.unlink(missing_ok=True)
         self.json.unlink(missing_ok=True)
 
-    def hook(self, trainer, train_data, epoch_seconds):
-        """quick_start.run's trainer_hook: restore a stored state, return the fit callback."""
-        self.trainer, self.train_data, self.epoch_seconds = trainer, train_data, epoch_seconds
+    def hook(self, trainer, train_data):
+        """train.run's trainer_hook: restore a stored state, return the fit callback."""
+        self.trainer, self.train_data, self.epoch_seconds = trainer, train_data, trainer.epoch_seconds
         if self.pth.is_file():
             self._restore()
-        self.fit_started, self.first_epoch = time.time(), len(epoch_seconds)
+        self.fit_started, self.first_epoch = time.time(), len(self.epoch_seconds)
         self.load_s = self.fit_started - self.started
         return self.after_validation
 
@@ -502,6 +453,7 @@ class RunState:
         trainer.model.load_other_parameter(state["other_parameter"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.start_epoch = state["epoch"] + 1
+        trainer.last_epoch = state["epoch"]
         trainer.cur_step = state["cur_step"]
         trainer.best_valid_score = state["best_valid_score"]
         trainer.best_valid_result = state["best_valid_result"]
@@ -520,15 +472,13 @@ def worker(spec):
     stored state; store its record, or exit with PAUSED_EXIT at the deadline."""
     import torch
 
-    from recbole_mind import quick_start
-
     if torch.is_anomaly_enabled():  # not an assert: python -O would drop it
         raise RuntimeError("autograd anomaly detection is on: recbole_mind.compat did not apply")
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
     state = RunState(spec["out"], spec["protocol"], spec.get("deadline"))
     try:
-        result = quick_start.run(spec["model"], spec["dataset"], config_files=spec["config_files"],
+        result = train.run(spec["model"], spec["dataset"], config_files=spec["config_files"],
                                  config_dict=spec["config_dict"], trainer_hook=state.hook,
                                  test_history_excluded=True)
     except _Paused as paused:
@@ -539,6 +489,7 @@ def worker(spec):
         "dataset": spec["dataset"],
         "learning_rate": spec["learning_rate"],
         "protocol": spec["protocol"],
+        "version": __version__,
         "valid_metric": spec["protocol"]["valid_metric"].lower(),
         "result": result,
         # wall and CPU time over all the run's pieces: on a shared machine their ratio shows how
@@ -562,32 +513,14 @@ def select_learning_rate(runs):
     return best[1]
 
 
-_EPOCH_LINE = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s")
-
-
-def epoch_seconds(record, runs_dir=None):
-    """The training seconds of each epoch of a run: from its record, or (records written before
-    the record kept them) from RecBole's epoch lines in the run's log, the last line per epoch."""
-    seconds = record["result"].get("epoch_seconds")
-    if seconds:
-        return seconds
-    log = Path(runs_dir or ".") / f"{record['model']}_lr{record['learning_rate']:g}.log"
-    if not log.is_file():
-        return []
-    by_epoch = {}
-    for match in _EPOCH_LINE.finditer(log.read_text(errors="replace")):
-        by_epoch[int(match.group(1))] = float(match.group(2))
-    return [by_epoch[e] for e in sorted(by_epoch)][: record["result"]["epochs_run"] or None]
-
-
-def build_report(dataset, models, lr_grid, records, protocol, command, runs_dir=None):
+def build_report(dataset, models, lr_grid, records, protocol, command):
     """The comparison as one dict: the protocol, and per model its selected run's figures."""
     entries = {}
     for model in models:
         runs = [records[model, lr] for lr in lr_grid]
         chosen = select_learning_rate(runs)
         result = chosen["result"]
-        seconds = epoch_seconds(chosen, runs_dir)
+        seconds = result["epoch_seconds"]
         entries[model] = {
             "test": result["test_result"],
             # the same checkpoint, ranked without the items of each test row's input sequence
@@ -641,15 +574,14 @@ def describe_ranking(eval_args):
     return "ranking mode " + ", ".join(sorted(map(str, modes)))
 
 
-def command_line(models, dataset, args, overrides):
-    parts = ["python run_recbole_mind.py --compare", *models, "--dataset", dataset,
-             "--lr_grid", args.lr_grid]
-    if args.config_files:
-        parts += ["--config_files", f"'{args.config_files}'"]
-    if args.torch_threads is not None:
-        parts += ["--torch_threads", str(args.torch_threads)]
-    if args.results_dir != DEFAULT_RESULTS_DIR:
-        parts += ["--results_dir", args.results_dir]
+def command_line(models, dataset, lr_grid, config_files, torch_threads, results_dir, overrides):
+    parts = ["python run_recbole_mind.py --compare", *models, "--dataset", dataset, "--lr_grid", str(lr_grid)]
+    if config_files:
+        parts += ["--config_files", f"'{' '.join(map(str, config_files))}'"]
+    if torch_threads is not None:
+        parts += ["--torch_threads", str(torch_threads)]
+    if str(results_dir) != DEFAULT_RESULTS_DIR:
+        parts += ["--results_dir", str(results_dir)]
     parts += [f"--{k}={v}" for k, v in overrides.items()]
     return " ".join(parts)
 
@@ -687,9 +619,7 @@ def metric_table(report, key="test"):
 
 
 def history_excluded_section(report):
-    """The second test table, when every run has it (runs stored before it existed do not)."""
-    if not all(m.get("test_history_excluded") for m in report["models"].values()):
-        return []
+    """The second test table: the same checkpoints, each input sequence removed."""
     return [
         "## Test set, each user's input sequence removed from the ranking",
         "",
@@ -708,7 +638,7 @@ def format_table(report):
     models = report["models"]
     lines = metric_table(report) + [""]
     def fastest(m):
-        return f"{m['train_s_per_epoch_min']:.2f}" if m.get("train_s_per_epoch_min") else "-"
+        return f"{m['train_s_per_epoch_min']:.2f}" if m["train_s_per_epoch_min"] else "-"
 
     cost_rows = [[name, f"{m['train_s_per_epoch']:.2f}", fastest(m), f"{m['eval_s']:.2f}",
                   str(m["best_epoch"]), str(m["epochs_run"]), f"{m['peak_rss_mb']:.0f}"]
@@ -789,10 +719,10 @@ def plot(report, path):
     plt.close(fig)
 
 
-def write_report(report, results_dir):
-    """results/<dataset>.json, .md and .png; returns their paths."""
-    results_dir = Path(results_dir)
-    json_path, md_path, png_path = (results_dir / f"{report['dataset']}{suffix}"
+def write_report(report, report_dir):
+    """<report_dir>/<dataset>.json, .md and .png; returns their paths."""
+    report_dir = Path(report_dir)
+    json_path, md_path, png_path = (report_dir / f"{report['dataset']}{suffix}"
                                     for suffix in (".json", ".md", ".png"))
     write_json_atomic(json_path, report)
     plot(report, png_path)

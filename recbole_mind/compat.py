@@ -1,4 +1,5 @@
-"""Every workaround recbole-mind needs to run RecBole 1.2.1 on today's stack, applied once.
+"""Every workaround recbole-mind needs to run RecBole 1.2.1 on numpy 2, pandas 3, torch >= 2.6 and
+hyperopt 0.2.5 with setuptools >= 81, applied once.
 
 RecBole 1.2.1 was released against numpy 1.x, pandas 1.x/2.x and torch < 2.6. Each fix below
 names the break it mends; ``tests/test_compat.py`` has a test per fix that fails without it.

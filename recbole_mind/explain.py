@@ -1,4 +1,4 @@
-"""Explain a trained MIND: routing pictures, capsule health, and whether interests mean something.
+"""The explain mode: routing pictures, capsule health, and whether a MIND's interests mean something.
 
 ``python run_recbole_mind.py --explain --checkpoint saved/MIND-....pth [--users 1,2,3] [--output_dir DIR]``
 
@@ -14,11 +14,10 @@
   item genres where the dataset has them and item co-occurrence clusters (spectral
   co-clustering of the user-item matrix, then k-means) everywhere.
 
-Python API: :func:`load_checkpoint` -> :class:`Explainer`; ``explain_user``, ``capsule_health``,
+Python API: :func:`load_explainer` -> :class:`Explainer`; ``explain_user``, ``capsule_health``,
 ``routing_purity``, ``genre_labels``, ``cooccurrence_labels``, ``plot_user``, ``plot_health``.
 """
 
-import json
 import os
 import textwrap
 
@@ -26,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_mind import quick_start
-from recbole_mind.checkpoint import config_values, load_checkpoint as load_trusted_checkpoint
+from recbole_mind.checkpoint import load_checkpoint, restore
 from recbole_mind.errors import UserError
-from recbole_mind.mind import MIND
+from recbole_mind.files import write_json_atomic
 
 # .item columns used as labels when the dataset has them (ml-100k: movie_title, class).
 TITLE_FIELDS = ("movie_title", "title")
@@ -41,13 +39,13 @@ CLUSTER_DIM = 32  # singular vectors used for the clustering
 
 
 # ----------------------------------------------------------------------------- loading
-def _item_header(config):
+def _item_header(data_path, dataset, separator="\t", encoding="utf-8"):
     """Field names of the dataset's .item atomic file (empty when there is none)."""
-    path = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    path = os.path.join(data_path, f"{dataset}.item")
     if not os.path.isfile(path):
         return []
-    with open(path, encoding=config["encoding"] or "utf-8") as f:
-        return [column.split(":")[0] for column in f.readline().rstrip("\n").split(config["field_separator"])]
+    with open(path, encoding=encoding) as f:
+        return [column.split(":")[0] for column in f.readline().rstrip("\n").split(separator)]
 
 
 def _pick(header, wanted, candidates):
@@ -58,46 +56,17 @@ def _pick(header, wanted, candidates):
     return next((field for field in candidates if field in header), None)
 
 
-def load_checkpoint(path, config_dict=None, title_field=None, genre_field=None):
-    """A trained MIND, rebuilt from the checkpoint at ``path`` and its own config.
-
-    The dataset is rebuilt from the checkpoint's config with the title and genre fields added to
-    ``load_col`` (auto-detected from TITLE_FIELDS / GENRE_FIELDS unless named). Loading them
-    cannot move item ids silently: ids follow the order of first appearance in the .inter file,
-    so the id map only changes when the .item file adds or removes items, and then the item
-    table no longer fits the checkpoint and loading fails loudly.
-    """
-    checkpoint = load_trusted_checkpoint(path)  # a pickle: only the path the user named
-    saved_config = checkpoint["config"]
-    if saved_config["model"] != "MIND":
-        raise UserError(f"{path} holds a {saved_config['model']} model: --explain needs a MIND checkpoint")
-
-    values = config_values(checkpoint, config_dict)  # as trained, not today's defaults
-    config = quick_start.build_config("MIND", saved_config["dataset"], config_dict=values)
-    header = _item_header(config)
+def load_explainer(path, data_path=None, title_field=None, genre_field=None):
+    """An :class:`Explainer` of the MIND checkpoint at ``path``, its dataset loaded again with the
+    .item title and genre fields (auto-detected from TITLE_FIELDS / GENRE_FIELDS unless named)."""
+    saved = load_checkpoint(path)["config"]
+    folder = os.path.join(data_path, saved["dataset"]) if data_path else saved["data_path"]
+    header = _item_header(folder, saved["dataset"], saved["field_separator"] or "\t", saved["encoding"] or "utf-8")
     title_field = _pick(header, title_field, TITLE_FIELDS)
     genre_field = _pick(header, genre_field, GENRE_FIELDS)
-    label_fields = [f for f in (title_field, genre_field) if f]
-    if label_fields:
-        load_col = dict(config["load_col"] or {})
-        columns = list(load_col.get("item") or [config["ITEM_ID_FIELD"]])
-        load_col["item"] = columns + [f for f in label_fields if f not in columns]
-        config["load_col"] = load_col
-    from recbole.utils import init_seed  # after quick_start applied the stack fixes
-
-    init_seed(config["seed"], config["reproducibility"])
-    dataset, train_data, _, test_data = quick_start.prepare_data(config)
-    model = MIND(config, train_data._dataset)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
-        raise UserError(
-            f"{path} does not fit the rebuilt dataset ({str(e).splitlines()[-1].strip()}): "
-            f"train and explain with the same data"
-        ) from None
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    model.eval()
-    return Explainer(model, dataset, test_data, title_field, genre_field, config=config)
+    restored = restore(path, "MIND", data_path, [f for f in (title_field, genre_field) if f], purpose="--explain")
+    return Explainer(restored.model, restored.dataset, restored.test_data, title_field, genre_field,
+                     config=restored.config)
 
 
 # ----------------------------------------------------------------------------- the explainer
@@ -157,7 +126,7 @@ class Explainer:
             seq = rows[m.ITEM_SEQ][start:start + batch_size]
             length = rows[m.ITEM_SEQ_LEN][start:start + batch_size]
             user = rows[self.uid_field][start:start + batch_size]
-            interests, mask, weights, capsules = m.forward(seq, length, user, return_routing=True)
+            interests, mask, weights, capsules = m.routing_details(seq, length, user)
             for k, v in zip(out, (interests, capsules, mask, weights)):
                 out[k].append(v)
         routed = {k: torch.cat(v) for k, v in out.items()}
@@ -564,44 +533,7 @@ def plot_health(health, purities, path, title=""):
     plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- command line
-def add_arguments(parser):
-    group = parser.add_argument_group("explain (--explain)")
-    group.add_argument("--explain", action="store_true",
-                       help="explain a trained MIND: routing heat maps, capsule health, interest purity")
-    for flags, kwargs in ((("--checkpoint",), {"help": "a MIND checkpoint saved by training (saved/MIND-....pth)"}),
-                          (("--users",), {"help": "comma-separated external user ids to draw (explain)"}),
-                          (("--output_dir",), {"help": "folder for the pictures and summary.json "
-                                                       "(explain default: next to the checkpoint)"})):
-        try:
-            group.add_argument(*flags, default=None, **kwargs)
-        except Exception:  # noqa: BLE001 - argparse.ArgumentError: another mode shares the flag
-            pass
-
-
-def selected(args):
-    return bool(getattr(args, "explain", False))
-
-
-def main(args, overrides):
-    if not args.checkpoint:
-        raise UserError("--explain needs --checkpoint PATH of a trained MIND (saved/MIND-....pth)")
-    if "dataset" in overrides or "model" in overrides:
-        raise UserError("--explain takes the model and dataset from the checkpoint: drop --dataset/--model")
-    users = [u for u in (args.users or "").split(",") if u.strip()]
-    output_dir = args.output_dir or os.path.splitext(args.checkpoint)[0] + "-explain"
-    explainer = load_checkpoint(args.checkpoint, config_dict=overrides)
-    if args.dataset and args.dataset != explainer.dataset.dataset_name:
-        raise UserError(f"the checkpoint was trained on {explainer.dataset.dataset_name}, not {args.dataset}: "
-                        f"drop --dataset")
-    if users:
-        explainer.user_index(users)  # fail on a bad id before any work
-    os.makedirs(output_dir, exist_ok=True)
-    report = explain_all(explainer, output_dir, users)
-    print(format_report(report))
-    return report
-
-
+# ----------------------------------------------------------------------------- report
 def explain_all(explainer, output_dir, users=()):
     """Every picture and number for ``explainer`` into ``output_dir``; returns the summary dict."""
     written = []
@@ -623,8 +555,7 @@ def explain_all(explainer, output_dir, users=()):
     plot_health(health, purities, path, title)
     written.append(path)
     report = {"title": title, "health": health_summary(health), "purity": purities, "files": written}
-    with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    write_json_atomic(os.path.join(output_dir, "summary.json"), report)
     return report
 
 

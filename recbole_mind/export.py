@@ -1,4 +1,4 @@
-"""Export MIND's user tower: (item_seq, item_seq_len, user_id) -> (interests [B, K, d], mask [B, K]).
+"""The export mode: MIND's user tower (item_seq, item_seq_len, user_id) -> (interests [B, K, d], mask [B, K]).
 
 The exported program runs without this package or RecBole: ``torch.export.load(path).module()``
 gives a callable module. ``torch.export`` is used because ``torch.jit.trace``/TorchScript is
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recbole_mind.files import atomic_write
-from recbole_mind.retrieval import user_histories
+from recbole_mind.data import user_histories
 
 
 class UserTower(nn.Module):

@@ -1,5 +1,6 @@
 """Writing output files so that an interrupt never leaves a half-written one."""
 
+import json
 import os
 import tempfile
 
@@ -22,3 +23,15 @@ def atomic_write(path, write, mode="wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json_atomic(path, value):
+    """Write JSON so that a reader (or a later resume) sees the old file or the whole new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+
+    def dump(f):
+        json.dump(value, f, indent=2, default=str)
+        f.write("\n")
+
+    atomic_write(path, dump, mode="w")

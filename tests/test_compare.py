@@ -8,6 +8,7 @@ import pytest
 from recbole_mind import cli
 from recbole_mind.compare import parse_lr_grid
 from recbole_mind.errors import UserError
+from recbole_mind.version import __version__
 
 GRID = [0.001, 0.01]
 
@@ -23,7 +24,8 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     results = tmp_path / "results"
     assert cli.main(compare_argv(tiny_root, results)) == 0
 
-    runs_dir = results / "runs" / "tiny"
+    reports = results / "leave_one_out"
+    runs_dir = reports / "runs" / "tiny"
     run_files = {(m, lr): runs_dir / f"{m}_lr{lr:g}.json" for m in ("MIND", "GRU4Rec") for lr in GRID}
     records = {}
     for key, path in run_files.items():
@@ -31,9 +33,10 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
         assert records[key]["anomaly_detection"] is False
         assert records[key]["torch_threads"] == 1
         assert records[key]["result"]["epochs_run"] == 1
+        assert records[key]["version"] == records[key]["protocol"]["version"] == __version__
         assert (runs_dir / f"{path.stem}.log").is_file()
 
-    report = json.loads((results / "tiny.json").read_text())
+    report = json.loads((reports / "tiny.json").read_text())
     assert report["dataset"] == "tiny"
     protocol = report["protocol"]
     assert protocol["epochs"] == 1 and protocol["epoch_budget"]["epochs"] == 1
@@ -62,7 +65,7 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
             chosen["result"]["epoch_seconds"])
         assert 50 < entry["peak_rss_mb"] < 16000
 
-    md = (results / "tiny.md").read_text()
+    md = (reports / "tiny.md").read_text()
     assert "| Model | LR | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | MRR@5 | MRR@10 | Hit@5 | Hit@10 |" in md
     assert "@50" not in md and "@20" not in md
     assert "epoch budget 1" in md and "peak RSS MB" in md
@@ -71,15 +74,15 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
         prefix = f"| {model} | {entry['learning_rate']:g} |"
         row = next(line for line in md.splitlines() if line.startswith(prefix))
         assert f"{entry['test']['ndcg@10']:.4f}" in row
-    assert (results / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (reports / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "MIND lr=0.001: 1 epochs" in capsys.readouterr().out
 
     # Resume: nothing is trained again, the report is rebuilt from the stored runs.
     stamps = {key: path.stat().st_mtime_ns for key, path in run_files.items()}
-    os.remove(results / "tiny.json")
+    os.remove(reports / "tiny.json")
     assert cli.main(compare_argv(tiny_root, results)) == 0
     assert {key: path.stat().st_mtime_ns for key, path in run_files.items()} == stamps
-    assert json.loads((results / "tiny.json").read_text())["models"] == report["models"]
+    assert json.loads((reports / "tiny.json").read_text())["models"] == report["models"]
     assert "lr=" not in capsys.readouterr().out  # no run summary line: no run happened
 
     # A stored run made under another protocol is refused, not silently reused.
@@ -93,28 +96,12 @@ def test_compare_writes_report_and_resumes(tiny_root, tmp_path, capsys):
     settings.write_text("routing_init_std: 0.5\n")
     assert cli.main(compare_argv(tiny_root, results, "--config_files", str(settings))) == 2
     assert "differs in model_settings" in capsys.readouterr().err
-    # A setting added since the record was written is the same run at the value that behaves as
-    # before it existed, another run at any other value (whatever the default is now).
-    for lr in GRID:
-        record = json.loads(run_files[("MIND", lr)].read_text())
-        del record["protocol"]["model_settings"]["routing_init"]
-        del record["protocol"]["model_settings"]["behaviour_window"]
-        run_files[("MIND", lr)].write_text(json.dumps(record))
-    for window, status in ((0, 0), (5, 2)):
-        window_file = tmp_path / f"window{window}.yaml"
-        window_file.write_text(f"behaviour_window: {window}\n")
-        assert cli.main(compare_argv(tiny_root, results, "--config_files", str(window_file))) == status
-    assert "differs in model_settings" in capsys.readouterr().err
-    seeded = tmp_path / "seeded_routing.yaml"
-    seeded.write_text("routing_init: seeded\nbehaviour_window: 0\n")
-    assert cli.main(compare_argv(tiny_root, results, "--config_files", str(seeded))) == 2
-    assert "differs in model_settings" in capsys.readouterr().err
-    # A MIND record that does not say which settings it ran with is refused as well.
+    # A record written by another version of the package is refused too: it may compute other figures.
     record = json.loads(run_files[("MIND", 0.001)].read_text())
-    del record["protocol"]["model_settings"]
+    record["protocol"]["version"] = "0.0.1"
     run_files[("MIND", 0.001)].write_text(json.dumps(record))
     assert cli.main(compare_argv(tiny_root, results)) == 2
-    assert "differs in model_settings" in capsys.readouterr().err
+    assert "differs in version" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["abc", "0.001,-1", "", "nan"])
@@ -144,10 +131,11 @@ def test_failed_run_is_reported_and_not_stored(tiny_root, tmp_path, capsys):
             "--topk=[5,10]", "--state=ERROR", "--item_features=[no_such_field]"]
     assert cli.main(argv) == 2
     assert "1 run(s) failed: MIND lr=0.001" in capsys.readouterr().err
-    runs_dir = results / "runs" / "tiny"
+    reports = results / "leave_one_out"
+    runs_dir = reports / "runs" / "tiny"
     assert not (runs_dir / "MIND_lr0.001.json").exists()
     assert "no_such_field" in (runs_dir / "MIND_lr0.001.log").read_text()
-    assert not (results / "tiny.json").exists()
+    assert not (reports / "tiny.json").exists()
 
 
 def test_time_budget_pauses_and_the_same_command_resumes_exactly(tiny_root, tmp_path, capsys):
@@ -163,32 +151,15 @@ def test_time_budget_pauses_and_the_same_command_resumes_exactly(tiny_root, tmp_
         cli.main(argv(cut, "--time_budget", "1e-9"))
     assert stopped.value.code == 75
     assert "paused after epoch 1 of 2" in capsys.readouterr().out
-    runs = cut / "runs" / "tiny"
+    runs = cut / "leave_one_out" / "runs" / "tiny"
     assert json.loads((runs / "MIND_lr0.01.state.json").read_text())["epoch"] == 0
     assert not (runs / "MIND_lr0.01.json").exists()
 
     assert cli.main(argv(cut, "--time_budget", "1e-9")) == 0  # epoch 2 is the last: no pause
     assert not (runs / "MIND_lr0.01.state.json").exists() and not (runs / "MIND_lr0.01.state.pth").exists()
-    one = json.loads((whole / "runs" / "tiny" / "MIND_lr0.01.json").read_text())
+    one = json.loads((whole / "leave_one_out" / "runs" / "tiny" / "MIND_lr0.01.json").read_text())
     two = json.loads((runs / "MIND_lr0.01.json").read_text())
     assert (one["pieces"], two["pieces"]) == (1, 2)
     assert two["result"]["epochs_run"] == 2
     for key in ("test_result", "best_valid_result", "best_valid_score", "best_epoch"):
         assert two["result"][key] == one["result"][key], key
-
-
-def test_epoch_seconds_of_an_older_record_come_from_its_log(tmp_path):
-    """Records written before they kept epoch_seconds: the last RecBole epoch line per epoch
-    (a resumed run repeats the epoch it was cut in) from the log beside the record."""
-    from recbole_mind.compare import epoch_seconds
-
-    (tmp_path / "GRU4Rec_lr0.001.log").write_text(
-        "22 Nov 16:56    INFO  epoch 0 training [time: 39.02s, train loss: 343.1847]\n"
-        "22 Nov 16:57    INFO  epoch 1 training [time: 50.00s, train loss: 320.7724]\n"
-        "continuing from the state saved after epoch 0\n"
-        "22 Nov 17:20    INFO  epoch 1 training [time: 38.92s, train loss: 320.7724]\n"
-        "22 Nov 17:21    INFO  epoch 2 training [time: 41.50s, train loss: 310.0]\n")
-    record = {"model": "GRU4Rec", "learning_rate": 0.001, "result": {"epochs_run": 3}}
-    assert epoch_seconds(record, tmp_path) == [39.02, 38.92, 41.5]
-    record["result"]["epoch_seconds"] = [1.0, 2.0]
-    assert epoch_seconds(record, tmp_path) == [1.0, 2.0]

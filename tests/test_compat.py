@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_mind.quick_start import build_config, prepare_data
+from recbole_mind.config import build_config
+from recbole_mind.data import prepare_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

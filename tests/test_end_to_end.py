@@ -5,7 +5,9 @@ from recbole.utils import get_trainer
 
 from recbole_mind import MIND
 from recbole_mind.cli import main
-from recbole_mind.quick_start import build_config, prepare_data, run
+from recbole_mind.config import build_config
+from recbole_mind.data import prepare_data
+from recbole_mind.train import run
 
 
 def test_run_trains_evaluates_and_reloads_the_best_checkpoint(tiny_config):
@@ -45,13 +47,15 @@ def test_cli_unknown_model_is_one_line(capsys):
 
 
 def test_history_excluded_masks_the_input_sequence_of_any_sequential_model(tiny_config):
-    """quick_start.history_excluded: the input sequence's items at -inf, the rest unchanged,
+    """train.history_excluded: the input sequence's items at -inf, the rest unchanged,
     and the model's own method back afterwards."""
     from recbole.data.interaction import Interaction
     from recbole.model.sequential_recommender import GRU4Rec
     from recbole.utils import init_seed
 
-    from recbole_mind.quick_start import build_config, history_excluded, prepare_data
+    from recbole_mind.config import build_config
+    from recbole_mind.data import prepare_data
+    from recbole_mind.train import history_excluded
 
     config = build_config("GRU4Rec", "tiny", config_dict=tiny_config)
     init_seed(config["seed"], True)
@@ -68,3 +72,20 @@ def test_history_excluded_masks_the_input_sequence_of_any_sequential_model(tiny_
     for row, seen in enumerate(({0, 3, 5}, {0, 7})):
         for item in range(model.n_items):
             assert masked[row, item] == (float("-inf") if item in seen else plain[row, item])
+
+
+def test_the_paper_model_runs_from_its_one_file(tiny_config, capsys):
+    """MIND-paper.yaml on top of the defaults gives the paper's model (docs/model.md)."""
+    import yaml
+
+    from recbole_mind import properties
+    from recbole_mind.model.hyper_parameters import read_hyper_parameters
+
+    paper = yaml.safe_load(properties.MIND_PAPER.read_text())
+    config = build_config("MIND", "tiny", config_files=[properties.MIND_PAPER], config_dict=tiny_config)
+    hp = vars(read_hyper_parameters(config))
+    assert {k: hp[k] for k in paper} == {k: (float(v) if isinstance(hp[k], float) else v) for k, v in paper.items()}
+    assert (hp["dynamic_interest"], hp["behaviour_window"], hp["attention_power"]) == (True, 0, 2.0)
+    argv = ["--config_files", str(properties.MIND_PAPER), "--dataset", "tiny", *_cli_args(tiny_config)]
+    assert main(argv) == 0
+    assert "MIND on tiny: 1 epochs" in capsys.readouterr().out

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_mind import cli, explain, quick_start
+from recbole_mind import cli, explain, train
 from recbole_mind.errors import UserError
-from recbole_mind.mind import MIND
+from recbole_mind.model import MIND
 
 PLANTED = "planted"
 GROUP_SIZE = 24  # items 1..24 form group A, 25..48 group B
@@ -67,7 +67,7 @@ def _train(tmp_path_factory, name, epochs, **extra):
     cwd = os.getcwd()
     os.chdir(work)  # RecBole writes ./log: keep it out of the checkout (module scope, no monkeypatch)
     try:
-        return quick_start.run("MIND", PLANTED, config_dict=config)["saved_model_file"]
+        return train.run("MIND", PLANTED, config_dict=config)["saved_model_file"]
     finally:
         os.chdir(cwd)
 
@@ -94,7 +94,7 @@ def _group_split(explainer):
 
 
 def test_planted_groups_route_to_their_own_interest(trained):
-    explainer = explain.load_checkpoint(trained)
+    explainer = explain.load_explainer(trained)
     assert explainer.genre_field == "genre"
     genres = explainer.genre_labels()
     result = explainer.purity(genres, draws=10)
@@ -122,7 +122,7 @@ def test_default_routing_beats_random_on_planted_groups(tmp_path_factory):
     # With the default R = 3 iterations the fixed random start logits still steer much of the
     # routing: the groups separate clearly above random, but only partly (lift ~0.3 here, see
     # results/interests.md), so the bound is loose.
-    explainer = explain.load_checkpoint(_train(tmp_path_factory, "default", epochs=30))
+    explainer = explain.load_explainer(_train(tmp_path_factory, "default", epochs=30))
     result = explainer.purity(explainer.genre_labels(), draws=10)
     assert result["lift"] > 0.15, result
     assert result["purity"] > result["baseline"] + 10 * result["baseline_std"], result
@@ -150,7 +150,7 @@ def test_token_labels_split_multi_genre_items():
 
 
 def test_health_and_user_explanation_agree_with_the_model(trained):
-    explainer = explain.load_checkpoint(trained)
+    explainer = explain.load_explainer(trained)
     model = explainer.model
     routed = explainer.route()
     health = explainer.capsule_health()
@@ -188,7 +188,8 @@ def test_statistics_count_only_the_behaviours_routed_under_a_window(trained):
     """With behaviour_window w the model routes each row's last w behaviours; the older ones
     have weight 0 everywhere and must not count as behaviours routed to interest 0."""
     window = 3
-    explainer = explain.load_checkpoint(trained, config_dict={"behaviour_window": window})
+    explainer = explain.load_explainer(trained)
+    explainer.model.behaviour_window = window  # the same weights, routed under a window
     routed = explainer.route()
     length = routed["length"]
     assert int(length.min()) > window  # the planted rows are longer than the window
@@ -219,4 +220,4 @@ def test_cli_writes_pictures_and_rejects_bad_input(trained, tmp_path, capsys):
     assert cli.main(["--explain", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert cli.main(["--explain"]) == 2
     with pytest.raises(UserError):
-        explain.load_checkpoint(str(tmp_path / "missing.pth"))
+        explain.load_explainer(str(tmp_path / "missing.pth"))

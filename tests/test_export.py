@@ -5,21 +5,22 @@ import os
 import pytest
 import torch
 
-from recbole_mind import cli, quick_start, retrieval
+from recbole_mind import checkpoint, cli, data, train
 from recbole_mind.export import load_user_tower
 
 
 def test_exported_tower_equals_the_eager_model(tiny_config, tmp_path):
     # user profile features make the user id a real input of the tower
-    # and dynamic K (the spec's rule) gives short rows inactive interests, which must export as zeros
+    # and dynamic K (the paper's rule) gives short rows inactive interests, which must export as zeros
     tiny_config.update({"user_features": ["age", "gender"], "item_features": ["genre"], "dynamic_interest": True})
-    result = quick_start.run("MIND", "tiny", config_dict=tiny_config)
+    result = train.run("MIND", "tiny", config_dict=tiny_config)
     path = str(tmp_path / "tower.pt2")
     assert cli.main(["--export", path, "--checkpoint", result["saved_model_file"]]) == 0
     assert os.path.isfile(path) and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
 
-    _, dataset, model = retrieval.load_checkpoint(result["saved_model_file"])
-    users, item_seq, item_seq_len, _ = retrieval.user_histories(dataset, model.max_seq_length)
+    restored = checkpoint.restore(result["saved_model_file"])
+    dataset, model = restored.dataset, restored.model
+    users, item_seq, item_seq_len, _ = data.user_histories(dataset, model.max_seq_length)
     inputs = (torch.as_tensor(item_seq), torch.as_tensor(item_seq_len), torch.as_tensor(users))
     tower = load_user_tower(path)
     with torch.no_grad():

@@ -1,27 +1,34 @@
-"""Properties of the MIND model (recbole_mind/mind.py) that MIND_SPEC.md requires."""
+"""Properties of the MIND model (recbole_mind/model/mind.py) that the paper's semantics require (docs/model.md)."""
 
 import math
 
 import pytest
 import torch
+import yaml
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
+from recbole_mind import properties
 from recbole_mind.errors import UserError
-from recbole_mind.mind import MIND, LabelAwareAttention
-from recbole_mind.quick_start import build_config, prepare_data
-from recbole_mind.routing import BEHAVIOURS, INTERESTS, active_interest_count
+from recbole_mind.model import MIND
+from recbole_mind.model.scoring import max_interest_scores
+from recbole_mind.config import build_config
+from recbole_mind.data import prepare_data
+from recbole_mind.model.layers import BEHAVIOURS, INTERESTS, LabelAwareAttention, active_interest_count
 
 L = 10  # MAX_ITEM_LIST_LENGTH of the tiny config
 FEATURES = {"user_features": ["age", "gender"], "item_features": ["genre", "year"]}
 BPR = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
 
 
-SPEC = {"dynamic_interest": True, "exclude_history": False, "behaviour_window": 0, "recency_gain": False, "recency_maps": 0, "interest_projection": False, "interest_residual": False, "normalize_vectors": False, "temperature": 1.0}  # the spec: every behaviour routed, ranking over all items
+# The paper's model (every behaviour routed, ranking over all items), at the defaults' routing
+# start and attention so that the tests below isolate one key at a time.
+SPEC = {k: v for k, v in yaml.safe_load(properties.MIND_PAPER.read_text()).items()
+        if k not in ("routing_init_std", "attention_power")}
 
 
 def build(tiny_config, **overrides):
-    """(model, train_data) on the tiny dataset; the model starts in eval mode. The spec's
+    """(model, train_data) on the tiny dataset; the model starts in eval mode. The paper's
     semantics (no history exclusion) unless ``overrides`` say otherwise."""
     config = build_config("MIND", "tiny", config_dict=tiny_config | SPEC | overrides)
     init_seed(config["seed"], True)
@@ -81,8 +88,8 @@ def test_exactly_k_prime_interests_are_active(tiny_config, k, dynamic):
     lengths = list(range(1, L + 1))
     batch = sequences(model, lengths)
     with torch.no_grad():
-        interests, mask, weights, _ = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN],
-                                                    batch[model.USER_ID], return_routing=True)
+        interests, mask, weights, _ = model.routing_details(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN],
+                                                            batch[model.USER_ID])
     expected = [spec_active_count(n, k, dynamic) for n in lengths]
     assert mask.sum(dim=1).tolist() == expected
     for row, active in enumerate(expected):
@@ -105,7 +112,7 @@ def test_inactive_interests_never_win_the_max(tiny_config):
     assert not torch.allclose(unmasked_max, scores), "test data should have rows with all-negative scores"
     huge = interests.clone()
     huge[~mask] = 1e6 * torch.randn(int((~mask).sum()), interests.size(-1))
-    torch.testing.assert_close(model.max_interest_scores(huge, mask, items), scores)
+    torch.testing.assert_close(max_interest_scores(huge, mask, items), scores)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -405,26 +412,6 @@ def test_normalize_vectors_scores_cosines_divided_by_the_temperature(tiny_config
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_history_negatives_keep_behaviours_in_the_training_softmax_only(tiny_config):
-    """history_negatives: the input sequence's items stay negatives of the training softmax
-    (the loss of the spec's full softmax) while the ranking still leaves them out."""
-    model, train_data = build(tiny_config, exclude_history=True, history_negatives=True)
-    excluding, _ = build(tiny_config, exclude_history=True)
-    excluding.load_state_dict(model.state_dict())
-    model.train()
-    batch = fixed_batch(train_data)
-    with torch.no_grad():
-        torch.manual_seed(3)
-        loss = model.calculate_loss(batch)
-        full = hand_ce_loss(model, batch, 3, exclude=False)
-    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
-    model.eval(), excluding.eval()
-    rows = sequences(model, [1, 3, 5, L])
-    with torch.no_grad():
-        torch.testing.assert_close(model.full_sort_predict(rows), excluding.full_sort_predict(rows))
-        torch.testing.assert_close(model.predict(rows), excluding.predict(rows))
-
-
 def test_exclude_history_masks_sampled_negatives_in_the_history(tiny_config):
     model, train_data = build(tiny_config, exclude_history=True, loss_type="SSM", num_negatives=20)
     model.train()
@@ -484,30 +471,29 @@ def test_max_interest_scores_tiled_equals_the_naive_max(block_rows, block_items,
     items), with a varying number of active interests (rows sorted by it) and with K for every
     row, against a row-by-row max; and a mask that is not a prefix, or leaves a row with no
     interest, means the same as the plain masked max."""
-    model = MIND.__new__(MIND)  # max_interest_scores reads nothing from the model
     generator = torch.Generator().manual_seed(block_rows)
     interests = torch.randn(33, 4, 6, generator=generator, dtype=torch.float64)
     items = torch.randn(40, 6, generator=generator, dtype=torch.float64)
     active = torch.randint(1, 5, (33,), generator=generator) if varying else torch.full((33,), 4)
     mask = torch.arange(4).unsqueeze(0) < active.unsqueeze(1)
     tiles = {"block_rows": block_rows, "block_items": block_items}
-    scores = MIND.max_interest_scores(model, interests, mask, items, **tiles)
+    scores = max_interest_scores(interests, mask, items, **tiles)
     torch.testing.assert_close(scores, naive_max_scores(interests, active, items))
     scattered = mask.flip(1)  # active interests last: not a prefix
     expected = torch.stack([(interests[b, scattered[b]] @ items.t()).amax(0) for b in range(33)])
-    torch.testing.assert_close(MIND.max_interest_scores(model, interests, scattered, items, **tiles), expected)
+    torch.testing.assert_close(max_interest_scores(interests, scattered, items, **tiles), expected)
     empty_row = mask.clone()
     empty_row[3] = False
     expected[:] = torch.stack([(interests[b, mask[b]] @ items.t()).amax(0) for b in range(33)])
     expected[3] = float("-inf")
-    torch.testing.assert_close(MIND.max_interest_scores(model, interests, empty_row, items, **tiles), expected)
-    assert MIND.max_interest_scores(model, interests[:0], mask[:0], items, **tiles).shape == (0, 40)
+    torch.testing.assert_close(max_interest_scores(interests, empty_row, items, **tiles), expected)
+    assert max_interest_scores(interests[:0], mask[:0], items, **tiles).shape == (0, 40)
 
 
 def test_behaviour_window_routes_only_the_last_behaviours(tiny_config):
     """With behaviour_window w, the interests ignore everything before a row's last w
     behaviours (replacing those items changes nothing), K'_u follows min(n, w), and a window
-    at least as long as every sequence is the spec's model."""
+    at least as long as every sequence is the paper's model."""
     window = 4
     model, _ = build(tiny_config, behaviour_window=window)
     full, _ = build(tiny_config)
@@ -546,7 +532,7 @@ def test_behaviour_window_gathered_equals_routing_the_masked_sequence(tiny_confi
     model.train(training)
     with torch.no_grad():
         torch.manual_seed(7)
-        interests, mask, weights, _ = model(seq, lengths, return_routing=True)
+        interests, mask, weights, _ = model.routing_details(seq, lengths)
         torch.manual_seed(7)
         logits = model.routing.initial_logits(seq.size(0), L, seq.device)
         recency = (lengths.unsqueeze(1) - 1 - torch.arange(L)).clamp(min=0)
@@ -558,42 +544,10 @@ def test_behaviour_window_gathered_equals_routing_the_masked_sequence(tiny_confi
     assert bool(weights[-1, : L - window].eq(0).all()) and bool(weights[-1, L - window:].gt(0).any())
 
 
-def test_a_checkpoint_config_from_before_a_key_existed_keeps_the_old_behaviour(tiny_config):
-    """A fresh config holds every MIND.yaml key; one saved in an older checkpoint lacks the keys
-    added since, and must rebuild the model it trained (not today's defaults for those keys)."""
-    from recbole_mind.mind import VALUE_BEFORE_KEY, default_config, read_hyper_parameters
-
-    config = build_config("MIND", "tiny", config_dict=tiny_config)
-    assert read_hyper_parameters(config).behaviour_window == default_config()["behaviour_window"]
-    for key in VALUE_BEFORE_KEY:
-        del config.final_config_dict[key]
-    hp = read_hyper_parameters(config)
-    assert {key: getattr(hp, key) for key in VALUE_BEFORE_KEY} == VALUE_BEFORE_KEY
-    init_seed(config["seed"], True)
-    _, train_data, _, _ = prepare_data(config)
-    model = MIND(config, train_data._dataset)
-    assert model.behaviour_window == 0 and not model.exclude_history
-    assert model.softmax_matmul_dtype is None and model.routing.init == "random"
-
-
-def test_the_tuned_amazon_yaml_pins_the_model_its_search_ran_with(tiny_config):
-    """properties/MIND-amazon-videogames.yaml reproduces a search run with session 1's MIND: it
-    must pin every key added since (VALUE_BEFORE_KEY) and every default changed since, or a new
-    default silently changes what the file trains."""
-    from recbole_mind.mind import VALUE_BEFORE_KEY, properties_dir, read_hyper_parameters
-
-    session_1 = {**VALUE_BEFORE_KEY, "routing_init_std": 1.0, "attention_power": 2.0,
-                 "dynamic_interest": True, "temperature": 1.0}
-    config = build_config("MIND", "tiny", config_files=[properties_dir() / "MIND-amazon-videogames.yaml"],
-                          config_dict=tiny_config)
-    hp = read_hyper_parameters(config)
-    assert {key: getattr(hp, key) for key in session_1} == session_1
-
-
 def test_recency_gain_scales_each_behaviour_capsule_by_its_recency(tiny_config):
     """recency_gain: behaviour capsule g_t S e_i with t the distance from the row's last
     behaviour, checked against routing the scaled capsules by hand (a per-row loop); at its
-    initial gains of 1 it is the spec's model, and padding after n still changes nothing."""
+    initial gains of 1 it is the paper's model, and padding after n still changes nothing."""
     model, _ = build(tiny_config, recency_gain=True, routing_iterations=2)
     plain, _ = build(tiny_config, routing_iterations=2)
     state = {k: v for k, v in model.state_dict().items() if k != "recency_log_gain"}
@@ -621,37 +575,6 @@ def test_recency_gain_scales_each_behaviour_capsule_by_its_recency(tiny_config):
 
 
 
-@pytest.mark.parametrize("window", [0, 4])
-def test_interest_recency_feeds_each_interest_its_routing_weighted_recency(tiny_config, window):
-    """interest_recency: H reads [u_j, r_j] with r_j = sum_i c_ij r_t(i) / sum_i c_ij over the
-    routed behaviours (t: distance from the row's last one), checked against a loop over rows,
-    interests and behaviours with the routing's own weights; with r all zero it is the spec's
-    H on u_j (the tower's extra columns see zeros)."""
-    model, _ = build(tiny_config, interest_recency=True, behaviour_window=window, dynamic_interest=False)
-    lengths = [1, 2, 5, 9, L]
-    batch = sequences(model, lengths)
-    seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
-    first = model.interest_tower[0]
-    d = model.embedding_size
-    with torch.no_grad():
-        interests, mask, weights, capsules = model(seq, seq_len, return_routing=True)
-        torch.testing.assert_close(  # r = 0: only the capsule columns of the first layer matter
-            interests, torch.relu(capsules @ first.weight[:, :d].t() + first.bias) * mask.unsqueeze(-1))
-        model.recency_embedding.copy_(torch.randn(L, d))
-        interests, mask, weights, capsules = model(seq, seq_len, return_routing=True)
-        for row, n in enumerate(lengths):
-            for j in range(model.interest_num):
-                mixed, mass = torch.zeros(d), 0.0
-                for position in range(n):
-                    c = float(weights[row, position, j])
-                    mixed += c * model.recency_embedding[n - 1 - position]
-                    mass += c
-                expected = torch.relu(first(torch.cat([capsules[row, j], mixed / max(mass, 1e-9)])))
-                torch.testing.assert_close(interests[row, j], expected * mask[row, j])
-            if window:  # behaviours before the window have no weight
-                assert bool((weights[row, :max(n - window, 0)] == 0).all())
-
-
 @pytest.mark.parametrize("window, gain", [(0, False), (4, True)])
 def test_interest_residual_adds_the_routing_weighted_item_vectors(tiny_config, window, gain):
     """interest_residual: v_j = H(u_j) + sum_i c_ij g_t(i) e_i / sum_i c_ij over the routed
@@ -659,14 +582,14 @@ def test_interest_residual_adds_the_routing_weighted_item_vectors(tiny_config, w
     checked against a loop over rows, interests and behaviours with the routing's own weights;
     inactive interests stay zero; training (CE, the item table passed in) computes the same."""
     model, _ = build(tiny_config, interest_residual=True, behaviour_window=window, recency_gain=gain,
-                     exclude_history=True, dynamic_interest=not gain)  # the spec's K'_u: some inactive
+                     exclude_history=True, dynamic_interest=not gain)  # the paper's K'_u: some inactive
     lengths = [1, 2, 5, 9, L]
     batch = sequences(model, lengths)
     seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
     with torch.no_grad():
         if gain:
             model.recency_log_gain.copy_(torch.linspace(1.0, -2.0, L))
-        interests, mask, weights, capsules = model(seq, seq_len, return_routing=True)
+        interests, mask, weights, capsules = model.routing_details(seq, seq_len)
         towered = model.interest_tower(capsules)
         for row, n in enumerate(lengths):
             for j in range(model.interest_num):
@@ -682,111 +605,3 @@ def test_interest_residual_adds_the_routing_weighted_item_vectors(tiny_config, w
         with_table, _ = model(seq, seq_len, table=model.item_vectors())
         torch.testing.assert_close(with_table, interests)
 
-
-def test_interest_recency_with_a_user_profile_feeds_the_tower_both(tiny_config):
-    """H reads [u_j, r_j, p_u] when interest_recency and user features are on together."""
-    model, _ = build(tiny_config, interest_recency=True, dynamic_interest=False, **FEATURES)
-    batch = sequences(model, [1, 2, 5, 9, L])
-    seq, seq_len, user = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], batch[model.USER_ID]
-    with torch.no_grad():
-        model.recency_embedding.copy_(torch.randn(L, model.embedding_size))
-        interests, mask, weights, capsules = model(seq, seq_len, user, return_routing=True)
-        recency = (seq_len.unsqueeze(1) - 1 - torch.arange(L)).clamp(min=0)
-        mixed = model.interest_mean(weights, model.recency_embedding[recency])
-        profile = model.user_profile(user)[0].flatten(1).unsqueeze(1).expand(-1, model.interest_num, -1)
-        expected = model.interest_tower(torch.cat([capsules, mixed, profile], dim=-1))
-    torch.testing.assert_close(interests, expected * mask.unsqueeze(-1))
-
-
-def test_interest_recency_needs_a_tower(tiny_config):
-    with pytest.raises(UserError, match="interest_recency needs hidden_layers >= 1"):
-        build(tiny_config, interest_recency=True, hidden_layers=0)
-
-
-def test_interest_projection_lets_interests_leave_the_non_negative_orthant(tiny_config):
-    """H's ReLU makes every interest coordinate >= 0 (the spec); interest_projection adds a
-    linear layer after it, whose outputs take both signs; inactive interests stay zero."""
-    spec, _ = build(tiny_config)
-    projected, _ = build(tiny_config, interest_projection=True)
-    batch = sequences(spec, [1, 2, 5, 9, L])
-    seq, lengths = batch[spec.ITEM_SEQ], batch[spec.ITEM_SEQ_LEN]
-    with torch.no_grad():
-        plain, _ = spec(seq, lengths)
-        free, mask = projected(seq, lengths)
-    assert bool((plain >= 0).all())
-    assert bool((free[mask] < 0).any()) and bool((free[mask] > 0).any())
-    assert bool((free[~mask] == 0).all())
-    assert isinstance(projected.interest_tower[-1], torch.nn.Linear)
-
-
-@pytest.mark.parametrize("residual", [False, True])
-def test_dropout_prob_drops_behaviour_capsules_in_training_only(tiny_config, residual):
-    """dropout_prob acts on the behaviour capsules (and interest_residual's item vectors) while
-    training (at p -> 1 all are dropped and each active interest is the tower's output for a
-    zero capsule) and not at all in evaluation (the same scores as the model without it)."""
-    model, _ = build(tiny_config, dropout_prob=0.999999, interest_residual=residual)
-    plain, _ = build(tiny_config, interest_residual=residual)
-    plain.load_state_dict(model.state_dict())
-    batch = sequences(model, [1, 2, 5, 9, L])
-    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
-    with torch.no_grad():
-        torch.testing.assert_close(model(seq, lengths)[0], plain(seq, lengths)[0])
-        model.train()
-        torch.manual_seed(0)
-        interests, mask = model(seq, lengths)
-        empty = model.interest_tower(torch.zeros(1, model.embedding_size))
-    assert bool(mask.any())
-    torch.testing.assert_close(interests[mask], empty.expand(int(mask.sum()), -1))
-
-
-def test_dropout_prob_out_of_range_is_one_clear_error(tiny_config):
-    from recbole_mind.errors import UserError
-    with pytest.raises(UserError, match="dropout_prob must be in"):
-        build(tiny_config, dropout_prob=1.0)
-
-
-@pytest.mark.parametrize("window", [0, 4])
-def test_recency_maps_give_the_latest_behaviours_their_own_bilinear_map(tiny_config, window):
-    """recency_maps m: the capsule of the behaviour at recency t < m is (S + D_t) e_i, the older
-    ones S e_i, checked against a per-row loop (also inside a behaviour_window, which must not
-    shift the recency); with D_t = 0 (the start) it is the spec's model, padding after n changes
-    nothing, and the gradient reaches D_t."""
-    m = 3
-    model, _ = build(tiny_config, recency_maps=m, routing_iterations=2, behaviour_window=window)
-    plain, _ = build(tiny_config, routing_iterations=2, behaviour_window=window)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "recency_map_delta"})
-    batch = sequences(model, [1, 2, 5, 9, L])
-    seq, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
-    model.eval(), plain.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(seq, lengths)[0], plain(seq, lengths)[0])  # D_t = 0
-        model.recency_map_delta.copy_(torch.randn(m, model.embedding_size, model.embedding_size))
-        interests, mask = model(seq, lengths)
-        for row, n in enumerate(lengths.tolist()):
-            vectors = model.item_vectors(seq[row])  # [L, d]
-            projected = model.routing.bilinear(vectors).clone()
-            for t in range(min(m, n)):
-                S_t = model.routing.bilinear.weight + model.recency_map_delta[t]
-                projected[n - 1 - t] = S_t @ vectors[n - 1 - t]
-            routed = seq[row:row + 1] > 0
-            if window:
-                routed[0, :max(0, n - window)] = False
-            expected, _ = model.routing.route(projected.unsqueeze(0), routed, mask[row:row + 1])
-            torch.testing.assert_close(interests[row:row + 1],
-                                       model.interest_tower(expected) * mask[row:row + 1].unsqueeze(-1))
-        assert not torch.allclose(interests, plain(seq, lengths)[0])
-        narrow = sequences(model, [1, 2, 5, 9], width=L - 1)
-        wide = sequences(model, [1, 2, 5, 9], width=L)
-        torch.testing.assert_close(model(wide[model.ITEM_SEQ], wide[model.ITEM_SEQ_LEN])[0],
-                                   model(narrow[model.ITEM_SEQ], narrow[model.ITEM_SEQ_LEN])[0])
-    model.train()
-    model.calculate_loss(batch).backward()
-    assert model.recency_map_delta.grad is not None and bool(model.recency_map_delta.grad.abs().sum() > 0)
-
-
-def test_recency_maps_out_of_range_is_one_clear_error(tiny_config):
-    from recbole_mind.errors import UserError
-    with pytest.raises(UserError, match="recency_maps must be in"):
-        build(tiny_config, recency_maps=-1)
-    with pytest.raises(UserError, match="recency_maps must be in"):
-        build(tiny_config, recency_maps=L + 1)

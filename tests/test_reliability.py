@@ -11,7 +11,7 @@ from recbole_mind import MIND
 from recbole_mind.checkpoint import load_checkpoint
 from recbole_mind.cli import main
 from recbole_mind.errors import UserError
-from recbole_mind.quick_start import run
+from recbole_mind.train import run
 
 
 def _args(cfg):
@@ -164,7 +164,7 @@ def test_resumed_run_that_never_improves_reports_the_checkpoints_metrics(tiny_co
     crash on RecBole's None."""
     first = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 2})
 
-    def never_better(trainer, train_data, epoch_seconds):
+    def never_better(trainer, train_data):
         # every validation after the resume scores below the checkpoint (a config's
         # learning_rate 0 would not do: resume_checkpoint restores the optimiser's saved one,
         # and RecBole counts a tie as an improvement)
@@ -191,7 +191,7 @@ def test_resuming_with_other_settings_says_the_optimiser_keeps_its_learning_rate
     first = run("MIND", "tiny", config_dict=cfg)
     learning_rates = []
 
-    def record(trainer, train_data, epoch_seconds):
+    def record(trainer, train_data):
         learning_rates.append(trainer.optimizer.param_groups[0]["lr"])
 
     def resume_warnings():
@@ -247,3 +247,22 @@ def test_recbole_evaluation_settings(tiny_config, mode, split, loss, features, m
     }
     result = run("MIND", "tiny", config_dict=cfg)
     assert all(0 <= v <= 1 for v in result["test_result"].values())
+
+
+def test_a_checkpoint_of_another_version_is_one_clear_line(capsys, tiny_config, tmp_path):
+    from recbole_mind.trainer import VERSION_KEY
+    from recbole_mind.version import __version__
+
+    saved = run("MIND", "tiny", config_dict=tiny_config)["saved_model_file"]
+    checkpoint = torch.load(saved, weights_only=False)
+    assert checkpoint[VERSION_KEY] == __version__
+    assert not os.path.exists(saved + ".partial")  # written beside, then renamed over
+    old = str(tmp_path / "old.pth")
+    for version, said in (("0.0.1", "saved by recbole-mind 0.0.1"), (None, "no recbole-mind version")):
+        checkpoint[VERSION_KEY] = version
+        torch.save(checkpoint, old)
+        for argv in (["--retrieve", "--checkpoint", old, f"--data_path={tiny_config['data_path']}"],
+                     ["--explain", "--checkpoint", old],
+                     ["--dataset", "tiny", *_args(tiny_config), "--resume", old]):
+            line = _one_error_line(capsys, argv)
+            assert said in line and f"this is recbole-mind {__version__}" in line, line

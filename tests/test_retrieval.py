@@ -9,7 +9,7 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_mind import cli, quick_start, retrieval
+from recbole_mind import checkpoint, cli, data, retrieve, train
 from recbole_mind.errors import UserError
 
 TOPN = 10
@@ -22,19 +22,19 @@ def trained(tiny_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("retrieval")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)  # RecBole writes ./log
-        result = quick_start.run("MIND", "tiny", config_dict={
+        result = train.run("MIND", "tiny", config_dict={
             "data_path": tiny_root, "checkpoint_dir": str(folder / "saved"), "epochs": 2,
             "train_batch_size": 64, "eval_batch_size": 64, "MAX_ITEM_LIST_LENGTH": 10,
             "embedding_size": 16, "show_progress": False, "state": "ERROR", "seed": 7, "topk": [5, 10],
             # full_sort_predict ranks every item, so the flat index can be checked against it
             # with and without retrieval's own history filter
             "exclude_history": False, "behaviour_window": 0,
-            # the spec's dynamic K: short histories get fewer than K interests, masked in retrieval
+            # the paper's dynamic K: short histories get fewer than K interests, masked in retrieval
             "dynamic_interest": True,
         })
-        config, dataset, model = retrieval.load_checkpoint(result["saved_model_file"])
-    users, item_seq, item_seq_len, history = retrieval.user_histories(dataset, model.max_seq_length)
-    interests, mask = retrieval.user_interests(model, users, item_seq, item_seq_len)
+        config, dataset, _, _, _, model = checkpoint.restore(result["saved_model_file"])
+    users, item_seq, item_seq_len, history = data.user_histories(dataset, model.max_seq_length)
+    interests, mask = retrieve.user_interests(model, users, item_seq, item_seq_len)
     return {
         "path": result["saved_model_file"], "dataset": dataset, "model": model, "users": users,
         "item_seq": item_seq, "item_seq_len": item_seq_len, "history": history,
@@ -76,7 +76,7 @@ def assert_matches_full_sort(items, scores, reference, topn):
 
 @pytest.mark.parametrize("exclude_history", [False, True])
 def test_flat_equals_full_sort_predict(trained, exclude_history):
-    items, scores = retrieval.retrieve(
+    items, scores = retrieve.retrieve(
         trained["interests"], trained["mask"], trained["item_vectors"], TOPN, "flat",
         exclude=trained["history"] if exclude_history else None,
     )
@@ -91,7 +91,7 @@ def test_history_is_removed_and_lists_are_deep_enough(trained):
     # top 5 with up to 19 of 40 items seen: the first depth (10) is often mostly history, so the
     # rows that fall short are searched again deeper; top 25: some users run out of catalogue.
     for topn in (5, 25):
-        items, scores = retrieval.retrieve(trained["interests"], trained["mask"], trained["item_vectors"],
+        items, scores = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"],
                                            topn, "flat", exclude=trained["history"])
         keys = np.arange(len(items))[:, None] * n_items + items
         assert not np.isin(keys[items > 0], trained["history"]).any()
@@ -106,16 +106,16 @@ def test_history_is_removed_and_lists_are_deep_enough(trained):
 def test_inactive_interests_never_contribute(trained):
     interests, mask = trained["interests"].copy(), trained["mask"]
     assert (~mask).any(), "the tiny data should give some users fewer than K interests"
-    plain = retrieval.retrieve(interests, mask, trained["item_vectors"], TOPN, "flat")
+    plain = retrieve.retrieve(interests, mask, trained["item_vectors"], TOPN, "flat")
     # Point every inactive slot hard at one item: if a masked slot were searched or scored,
     # that item would top those users' lists.
     target = int(np.argmin(np.linalg.norm(trained["item_vectors"][1:], axis=1))) + 1
     interests[~mask] = 1e3 * trained["item_vectors"][target]
-    poisoned = retrieval.retrieve(interests, mask, trained["item_vectors"], TOPN, "flat")
+    poisoned = retrieve.retrieve(interests, mask, trained["item_vectors"], TOPN, "flat")
     np.testing.assert_array_equal(plain[0], poisoned[0])
     np.testing.assert_array_equal(plain[1], poisoned[1])
     # and with the mask lifted, the item does take over: the check above can fail
-    lifted = retrieval.retrieve(interests, np.ones_like(mask), trained["item_vectors"], TOPN, "flat")
+    lifted = retrieve.retrieve(interests, np.ones_like(mask), trained["item_vectors"], TOPN, "flat")
     assert (lifted[0][(~mask).any(1), 0] == target).all()
 
 
@@ -123,7 +123,7 @@ def test_merge_removes_duplicates_and_keeps_the_max():
     interests = np.array([[[1.0, 0.0], [0.0, 1.0]]], dtype=np.float32)  # one user, two interests
     vectors = np.array([[0, 0], [3, 0], [0, 2], [1, 1], [2, 2.5]], dtype=np.float32)
     candidates = np.array([[[1, 4, 3], [4, 2, -1]]])  # item 4 found by both interests
-    items, scores = retrieval.merge_candidates(interests, np.array([[True, True]]), vectors, candidates, 5)
+    items, scores = retrieve.merge_candidates(interests, np.array([[True, True]]), vectors, candidates, 5)
     assert items.tolist() == [[1, 4, 2, 3, -1]]
     np.testing.assert_allclose(scores[0, :4], [3.0, 2.5, 2.0, 1.0])
     assert scores[0, 4] == -np.inf
@@ -153,8 +153,8 @@ def test_user_histories_follow_the_inter_file(trained, tiny_root):
 def test_approximate_indexes_return_valid_lists(trained, kind, metric):
     # On 40 items an IVF over all cells and an HNSW beam wider than the catalogue are exact;
     # 4-bit PQ with 4x oversampling and exact re-scoring finds most of the top.
-    params = retrieval.IndexParams(nprobe=64, pq_m=4, pq_bits=4, oversample=4, hnsw_metric=metric or "l2")
-    items, scores = retrieval.retrieve(trained["interests"], trained["mask"], trained["item_vectors"],
+    params = retrieve.IndexParams(nprobe=64, pq_m=4, pq_bits=4, oversample=4, hnsw_metric=metric or "l2")
+    items, scores = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"],
                                        TOPN, kind, params, exclude=trained["history"])
     reference = full_sort(trained, True)
     assert np.all(np.diff(scores, axis=1) <= 0)
@@ -168,13 +168,13 @@ def test_approximate_indexes_return_valid_lists(trained, kind, metric):
 def test_bad_index_parameters_are_user_errors(trained):
     args = (trained["interests"], trained["mask"], trained["item_vectors"], TOPN)
     with pytest.raises(UserError, match="pq_bits"):
-        retrieval.retrieve(*args, "ivfpq", retrieval.IndexParams(pq_m=4, pq_bits=8))
+        retrieve.retrieve(*args, "ivfpq", retrieve.IndexParams(pq_m=4, pq_bits=8))
     with pytest.raises(UserError, match="pq_m"):
-        retrieval.retrieve(*args, "ivfpq", retrieval.IndexParams(pq_m=5, pq_bits=4))
+        retrieve.retrieve(*args, "ivfpq", retrieve.IndexParams(pq_m=5, pq_bits=4))
     with pytest.raises(UserError, match="unknown index"):
-        retrieval.retrieve(*args, "lsh")
+        retrieve.retrieve(*args, "lsh")
     with pytest.raises(UserError, match="hnsw_metric"):
-        retrieval.retrieve(*args, "hnsw", retrieval.IndexParams(hnsw_metric="cosine"))
+        retrieve.retrieve(*args, "hnsw", retrieve.IndexParams(hnsw_metric="cosine"))
 
 
 def test_cli_writes_original_tokens_atomically(trained, tiny_root, tmp_path):

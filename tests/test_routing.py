@@ -1,9 +1,9 @@
-"""B2I routing (recbole_mind/routing.py) against a plain per-user loop written from MIND_SPEC.md section 2."""
+"""B2I routing (recbole_mind/model/layers.py) against a plain per-user loop written from the paper's routing (docs/model.md)."""
 
 import pytest
 import torch
 
-from recbole_mind.routing import BEHAVIOURS, INTERESTS, SEEDED, B2IRouting, active_interest_count, squash
+from recbole_mind.model.layers import BEHAVIOURS, INTERESTS, SEEDED, B2IRouting, active_interest_count, squash
 
 D = 6
 L = 7
@@ -234,7 +234,7 @@ def test_seeded_start_equals_per_user_loop(k):
     assert torch.equal(positions[interest_mask], reference_seed_positions(S, behaviours, lengths_t, k)[interest_mask])
 
     # The start logits are the seeds' squashed capsules against every behaviour, and the routing
-    # from them is the spec's loop started from those logits, in training and serving alike.
+    # from them is the paper's loop started from those logits, in training and serving alike.
     expected = torch.stack([torch.stack([torch.stack([spec_squash(projected[b, positions[b, j]]) @ projected[b, i]
                                                       for j in range(k)]) for i in range(L)])
                             for b in range(len(lengths))])

@@ -1,0 +1,10 @@
+"""The yaml files recbole-mind ships: the run protocol, MIND's defaults, the paper's model and
+the hyper-parameter search spaces."""
+
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent
+RUN = FOLDER / "run.yaml"
+MIND = FOLDER / "MIND.yaml"
+MIND_PAPER = FOLDER / "MIND-paper.yaml"
+HYPER = FOLDER / "hyper"

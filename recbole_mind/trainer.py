@@ -1,0 +1,79 @@
+"""RecBole's trainer with what a plugin run needs: epoch timing, atomic checkpoints stamped with
+the package version, and a stop on any non-finite loss."""
+
+import os
+import time
+
+import torch
+from recbole.utils import get_trainer, set_color
+
+from recbole_mind.version import __version__
+
+VERSION_KEY = "recbole_mind_version"  # the checkpoint entry naming the version that wrote it
+
+
+class NonFiniteLoss(Exception):
+    """A training batch's loss was NaN or inf (its value is the exception's message)."""
+
+
+class PluginTrainerMixin:
+    """Put before a RecBole trainer class: ``type(name, (PluginTrainerMixin, Trainer), {})``.
+
+    ``epoch_seconds`` holds the wall time of each training epoch of this process and
+    ``last_epoch`` the 0-based index of the last one trained.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.epoch_seconds = []
+        self.last_epoch = self.start_epoch - 1
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        started = time.perf_counter()
+        result = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self.epoch_seconds.append(time.perf_counter() - started)
+        self.last_epoch = epoch_idx
+        return result
+
+    def resume_checkpoint(self, resume_file):
+        super().resume_checkpoint(resume_file)
+        self.last_epoch = self.start_epoch - 1
+
+    def _check_nan(self, loss):
+        # RecBole stops on NaN only, with an exception of its own; inf ruins a model as surely
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLoss("nan" if torch.isnan(loss).any() else "inf")
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint plus the package version, written to a temporary file and renamed
+        over the old one, so an interrupt never leaves a corrupt best model behind."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            VERSION_KEY: __version__,
+        }
+        torch.save(state, saved_model_file + ".partial", pickle_protocol=4)
+        os.replace(saved_model_file + ".partial", saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def best_epoch(self):
+        """1-based epoch of the best validation, counted from the run's first epoch (also after
+        a resume): RecBole's stopping counter counts evaluations since the best one (cur_step),
+        each eval_step epochs apart, back from the last epoch done."""
+        epochs_done = self.last_epoch + 1
+        return max(epochs_done - self.cur_step * (self.config["eval_step"] or 1), 0) if epochs_done else None
+
+
+def plugin_trainer(config, model):
+    """The trainer RecBole would pick for ``config['model']``, with :class:`PluginTrainerMixin`."""
+    base = get_trainer(config["MODEL_TYPE"], config["model"])
+    return type(f"Plugin{base.__name__}", (PluginTrainerMixin, base), {})(config, model)

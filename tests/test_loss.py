@@ -1,0 +1,104 @@
+"""The chunked exact softmax (recbole_mind/model/loss.py) against torch's cross_entropy on full logits."""
+
+import pytest
+import torch
+
+from recbole_mind.model.loss import cross_entropy
+
+
+def reference(user, table, labels, excluded, padding_idx):
+    logits = user @ table.t()
+    if excluded is not None:
+        dense = torch.zeros_like(logits, dtype=torch.bool)
+        dense[excluded] = True
+        logits = logits.masked_fill(dense, float("-inf"))
+    if padding_idx is not None:
+        logits[:, padding_idx] = float("-inf")
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize("n_items, chunk_bytes", [(50, 4 << 20), (1001, 64 * 4 * 16), (1001, 4000 * 4 * 16)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_loss_and_gradients_equal_the_plain_softmax(n_items, chunk_bytes, masked):
+    generator = torch.Generator().manual_seed(n_items + masked)
+    rows, d = 16, 8
+    user = (3 * torch.randn(rows, d, generator=generator, dtype=torch.float64)).requires_grad_()
+    table = torch.randn(n_items, d, generator=generator, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(1, n_items, (rows,), generator=generator)
+    labels[1] = labels[0]  # a repeated label: the one-hot term must add up
+    excluded = None
+    if masked:  # (row, item) pairs, with repeats, never a row's own label
+        pairs = torch.rand(rows, n_items, generator=generator) < 0.3
+        pairs[torch.arange(rows), labels] = False
+        row_ids, item_ids = pairs.nonzero(as_tuple=True)
+        excluded = (torch.cat([row_ids, row_ids[:5]]), torch.cat([item_ids, item_ids[:5]]))
+    results = []
+    for loss_fn in (reference, lambda *a: cross_entropy(*a[:4], padding_idx=a[4], chunk_bytes=chunk_bytes)):
+        user.grad = table.grad = None
+        loss = loss_fn(user, table, labels, excluded, 0)
+        (2.5 * loss).backward()  # a non-unit upstream gradient
+        results.append((loss.detach(), user.grad.clone(), table.grad.clone()))
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    # excluded items and the padding item get no gradient at all
+    if masked:
+        assert results[1][2][0].abs().sum() == 0
+
+
+def test_the_chunks_really_split_the_table():
+    """With 64-item chunks a 1001-item table takes 16 chunks: the parametrised cases above cross
+    chunk boundaries, the last chunk a partial one (41 items)."""
+    from recbole_mind.model.loss import _chunk_size
+
+    assert _chunk_size(16, 64 * 4 * 16) == 64 and -(-1001 // 64) == 16
+    assert _chunk_size(2048, 4 << 20) == 512
+
+
+def test_bfloat16_matmuls_stay_close_to_float32_and_are_used():
+    generator = torch.Generator().manual_seed(3)
+    user = torch.randn(32, 16, generator=generator).requires_grad_()
+    table = torch.randn(300, 16, generator=generator).requires_grad_()
+    labels = torch.randint(1, 300, (32,), generator=generator)
+    results = []
+    for dtype in (None, torch.bfloat16):
+        user.grad = table.grad = None
+        loss = cross_entropy(user, table, labels, padding_idx=0, chunk_bytes=64 * 4 * 32, matmul_dtype=dtype)
+        loss.backward()
+        assert loss.dtype == torch.float32 and user.grad.dtype == table.grad.dtype == torch.float32
+        results.append((loss.detach(), user.grad.clone(), table.grad.clone()))
+    (loss32, user32, table32), (loss16, user16, table16) = results
+    assert loss16 != loss32  # the bf16 path really ran
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
+    for got, expected in ((user16, user32), (table16, table32)):
+        assert (got - expected).norm() < 0.02 * expected.norm()
+
+
+def test_mind_rejects_an_unknown_softmax_dtype(tiny_config):
+    from recbole_mind.errors import UserError
+    from recbole_mind.model.hyper_parameters import read_hyper_parameters
+    from recbole_mind.config import build_config
+
+    with pytest.raises(UserError, match="softmax_dtype must be auto, float32 or bfloat16"):
+        read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": "float16"}))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_softmax_dtype_follows_the_hardware(tiny_config, monkeypatch, native):
+    from recbole_mind.model import hyper_parameters as mind
+    from recbole_mind.config import build_config
+
+    monkeypatch.setattr(mind, "native_bf16_matmul", lambda device: native)
+    config = build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": "auto"})
+    assert mind.read_hyper_parameters(config).softmax_dtype == ("bfloat16" if native else "float32")
+    for explicit in ("float32", "bfloat16"):  # an explicit choice is never overridden
+        config = build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": explicit})
+        assert mind.read_hyper_parameters(config).softmax_dtype == explicit
+
+
+def test_native_bf16_probe_answers_for_this_machine():
+    import torch
+
+    from recbole_mind.model.hyper_parameters import native_bf16_matmul
+
+    assert native_bf16_matmul("cpu") in (True, False)
+    assert native_bf16_matmul(torch.device("meta")) is False
