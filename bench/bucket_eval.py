@@ -2,7 +2,8 @@
 (or, with ``--by popularity``, by how often the test item occurs in the training split).
 
 Loads trained checkpoints of any RecBole sequential model (MIND or a built-in, from the
-comparison's ``saved/compare/...`` or from bench/mind_experiments.py), ranks every item for each
+comparison's ``saved/compare/...`` or from ``bench.mind_experiments``), each rebuilt with the
+settings it was trained with (``--data_path`` if its dataset has moved), ranks every item for each
 test row with the model's own ``full_sort_predict``, removes the row's input sequence from the
 ranking for every model alike (as the comparison's history-excluded table does), and reports
 the metrics per bucket of history length n (the items before the test item, capped at
@@ -14,42 +15,26 @@ A multi-interest model should gain where histories are long and mixed; an order-
 the next item follows the last. This measures which it is, per dataset.
 
 Usage (from the project root):
-    python bench/bucket_eval.py data_path=../shared/data \
+    python -m bench.bucket_eval --data_path ../shared/data \
         --checkpoint MIND=saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
         --checkpoint GRU4Rec=saved/compare/amazon-videogames/GRU4Rec_lr0.003/GRU4Rec-....pth
 """
 
 import argparse
 import math
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mind_experiments import parse_overrides  # noqa: E402
 
 BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 49), (50, 50))
 POPULARITY_BUCKETS = ((0, 0), (1, 9), (10, 49), (50, 199), (200, 999), (1000, 10**9))
 
 
-def load(path, overrides):
-    """(model in eval mode, test loader) rebuilt from a checkpoint's own config."""
-    from recbole.utils import init_seed
+def load(path, data_path=None):
+    """(model in eval mode, test loader, training counts) rebuilt from a checkpoint (a path the
+    user named) with the settings it was trained with; ``data_path`` if the data has moved."""
+    from recbole_mind.checkpoint import load_checkpoint, restore
 
-    from recbole_mind import quick_start
-    from recbole_mind.checkpoint import config_values, load_checkpoint
-
-    checkpoint = load_checkpoint(path)  # a pickle: only a path the user named
-    saved = checkpoint["config"]
-    config = quick_start.build_config(saved["model"], saved["dataset"],
-                                      config_dict=config_values(checkpoint, overrides))
-    init_seed(config["seed"], config["reproducibility"])
-    _, train_data, _, test_data = quick_start.prepare_data(config)
-    model = quick_start.resolve_model(saved["model"])(config, train_data._dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    return model.eval(), test_data, train_counts(train_data._dataset)
+    model_name = load_checkpoint(path)["config"]["model"]  # MIND or a RecBole built-in
+    restored = restore(path, model=model_name, data_path=data_path, purpose="bench.bucket_eval")
+    return restored.model, restored.test_data, train_counts(restored.train_data._dataset)
 
 
 def train_counts(dataset):
@@ -67,7 +52,7 @@ def test_ranks(model, test_data):
     rows, the row's input sequence and the padding item removed from the ranking."""
     import torch
 
-    from recbole_mind.quick_start import history_excluded
+    from recbole_mind.train import history_excluded
 
     users, lengths, targets, ranks = [], [], [], []
     with torch.no_grad(), history_excluded(model):
@@ -91,24 +76,30 @@ def metrics(ranks):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.bucket_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--by", choices=("history", "popularity"), default="history",
                         help="bucket the test rows by history length or by the test item's training count")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--data_path", default=None,
+                        help="folder holding the checkpoints' dataset, if not where they were trained")
     args = parser.parse_args()
 
     import torch
 
+    from recbole_mind.errors import UserError
+
     torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.overrides)
     results = {}
     for spec in args.checkpoint:
         label, sep, path = spec.partition("=")
         if not sep:
             raise SystemExit(f"error: --checkpoint {spec!r} is not LABEL=PATH")
-        model, test_data, counts = load(path, overrides)
+        try:
+            model, test_data, counts = load(path, args.data_path)
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
         users, lengths, targets, ranks = test_ranks(model, test_data)
         order = users.argsort()
         key = lengths if args.by == "history" else counts[targets]

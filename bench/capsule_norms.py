@@ -7,40 +7,40 @@ every user, the median |z| and |u| = |squash(z)| of the first interest and the n
 interest vector, per bucket of history length, and |H(0)| (what a zero capsule would give).
 
 Usage (from the project root):
-    python bench/capsule_norms.py --checkpoint saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
-        data_path=../shared/data
+    python -m bench.capsule_norms --checkpoint saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
+        --data_path ../shared/data
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bucket_eval import BUCKETS  # noqa: E402
-from mind_experiments import parse_overrides  # noqa: E402
+from bench.bucket_eval import BUCKETS
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.capsule_norms", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a MIND checkpoint written by RecBole's trainer")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--data_path", default=None,
+                        help="folder holding the checkpoint's dataset, if not where it was trained")
     args = parser.parse_args()
 
     import torch
 
-    from recbole_mind.explain import load_checkpoint
+    from recbole_mind.errors import UserError
+    from recbole_mind.explain import load_explainer
 
     torch.set_num_threads(args.threads)
-    explainer = load_checkpoint(args.checkpoint, config_dict=parse_overrides(args.overrides))
+    try:
+        explainer = load_explainer(args.checkpoint, data_path=args.data_path)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     rows, model = explainer.rows, explainer.model
     user = rows[explainer.uid_field] if model.user_profile is not None else None
     seq, lengths = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
     with torch.no_grad():
         table = model.item_vectors()
-        interests, _, _, capsules = model(seq, lengths, user, return_routing=True)
+        interests, _, _, capsules = model.routing_details(seq, lengths, user)
         u = capsules[:, 0].norm(dim=-1)
         z = (u / (1.0 - u).clamp(min=1e-9)).sqrt()  # |u| = |z|^2 / (1 + |z|^2)
         v = interests[:, 0].norm(dim=-1)

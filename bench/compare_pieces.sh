@@ -5,8 +5,8 @@
 # A piece is one call for one (model, learning rate) run with --time_budget: it trains until the
 # next epoch would end past the budget, saves the run's state and exits with status 75; the same
 # call continues it from the last finished epoch. A finished run is stored in
-# results/runs/<dataset>/ and skipped, so this script can be stopped (kill PID) and restarted at
-# any time and loses at most the epoch in progress.
+# results/leave_one_out/runs/<dataset>/ and skipped, so this script can be stopped (kill PID)
+# and restarted at any time and loses at most the epoch in progress.
 #
 # Usage: bench/compare_pieces.sh DATASET [--key=value ...]
 #   mkdir -p /tmp/compare && nohup bench/compare_pieces.sh amazon-videogames \

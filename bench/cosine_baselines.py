@@ -1,38 +1,35 @@
 """RecBole's SASRec and GRU4Rec with MIND's `normalize_vectors` scoring, to see whether the gain
-of session 8 is MIND's or the cosine softmax's.
+of `normalize_vectors` (2026-11-23) is MIND's or the cosine softmax's.
 
 ``SASRecCosine`` / ``GRU4RecCosine`` are RecBole's own models with one change: the sequence
 vector and the item table are L2-normalised, so every score is a cosine, and the training CE
 divides them by ``cosine_temperature`` (0.1, MIND's default ``temperature``). Everything else,
 their config (RecBole's SASRec.yaml / GRU4Rec.yaml), dropout and CE over the whole table, is
-theirs. A bench tool, not a model of the plugin: it logs like bench/mind_experiments.py.
+theirs. A bench tool, not a model of the plugin: it logs like ``bench.mind_experiments``.
 
 Usage (from the project root):
-    python bench/cosine_baselines.py --log results/experiments/ml-100k.jsonl --tag s8_sasrec_cosine \
+    python -m bench.cosine_baselines --log results/experiments/ml-100k.jsonl --tag sasrec_cosine \
         --model SASRec --dataset ml-100k epochs=20 learning_rate=0.001
 
-A run that cannot finish in one sitting (SASRec on amazon-videogames: ~2.5 h) can be measured
+A run still training when its figures are needed (SASRec on amazon-videogames: ~2.5 h) can be measured
 where it stands: ``--test_checkpoint`` evaluates the best checkpoint it has saved so far on the
 test set (and with each row's history removed), with the same key=value settings (refused if
 they differ from the checkpoint's), and logs that as a record marked ``partial``:
-    python bench/cosine_baselines.py --log ... --tag s9_sasrec_cosine_partial --model SASRec \
+    python -m bench.cosine_baselines --log ... --tag sasrec_cosine_partial --model SASRec \
         --dataset amazon-videogames --test_checkpoint /tmp/mind_experiments/<tag>/SASRecCosine-....pth \
         --epochs_done 14 data_path=../shared/data epochs=20 learning_rate=0.001
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one  # noqa: E402
-from recbole_mind import compat  # noqa: E402,F401  (RecBole's breaks on this stack, first)
-from recbole.model.sequential_recommender import GRU4Rec, SASRec  # noqa: E402
+import recbole_mind  # noqa: F401  (its fixes of RecBole on this stack, before RecBole's models load)
+from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one
+from recbole.model.sequential_recommender import GRU4Rec, SASRec
 
 
 class CosineScores:
@@ -89,8 +86,10 @@ def evaluate_checkpoint(args, overrides, path):
     from recbole.utils import get_trainer, init_seed
 
     from recbole_mind.checkpoint import check_matches, load_checkpoint
+    from recbole_mind.config import build_config
+    from recbole_mind.data import prepare_data
     from recbole_mind.errors import UserError
-    from recbole_mind.quick_start import build_config, history_excluded, prepare_data, resume_changes
+    from recbole_mind.train import history_excluded, resume_changes
 
     torch.set_num_threads(args.threads)
     model_class = MODELS[args.model]
@@ -126,7 +125,8 @@ def evaluate_checkpoint(args, overrides, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.cosine_baselines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--tag", required=True)
     parser.add_argument("--model", choices=sorted(MODELS), required=True)

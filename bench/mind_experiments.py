@@ -1,25 +1,22 @@
 """One MIND (or built-in) experiment: train with some overrides, append the figures to a JSONL log.
 
-Each call is one run through recbole_mind.quick_start.run (RecBole's loaders, trainer and
+Each call is one run through recbole_mind.train.run (RecBole's loaders, trainer and
 evaluators), with one torch thread, so that runs started one after another are comparable. A tag
 already in the log is skipped, so a list of calls can be restarted after an interruption.
 
 Usage (from the project root):
-    python bench/mind_experiments.py --log results/experiments/ml-100k.jsonl --tag lr0.003 \
+    python -m bench.mind_experiments --log results/experiments/ml-100k.jsonl --tag defaults_lr0.003 \
         --dataset ml-100k learning_rate=0.003 epochs=20
 
-results/experiments.md tabulates the logs (``--table LOG`` prints the markdown rows).
+docs/experiments.md tabulates the logs (``--table LOG`` prints the markdown rows).
 """
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr@10")
 
@@ -48,7 +45,8 @@ def build_pipeline(args):
     import torch
     from recbole.utils import init_seed
 
-    from recbole_mind.quick_start import build_config, prepare_data, resolve_model
+    from recbole_mind.config import build_config, resolve_model
+    from recbole_mind.data import prepare_data
 
     torch.set_num_threads(args.threads)
     config = build_config(args.model, args.dataset, config_dict=parse_overrides(args.overrides))
@@ -68,7 +66,8 @@ def run_one(args, overrides, model=None, config_files=None):
     ``config_files``) as a log record."""
     import torch
 
-    from recbole_mind.quick_start import build_config, run
+    from recbole_mind.config import build_config
+    from recbole_mind.train import run
 
     model = model or args.model
 
@@ -77,7 +76,7 @@ def run_one(args, overrides, model=None, config_files=None):
                    **overrides}
     resolved = None
     if model == "MIND":  # every MIND key as this run used it: defaults change over time
-        from recbole_mind.mind import read_hyper_parameters
+        from recbole_mind.model.hyper_parameters import read_hyper_parameters
 
         config = build_config(model, args.dataset, config_dict=config_dict)
         resolved = {**vars(read_hyper_parameters(config)), "learning_rate": config["learning_rate"],
@@ -109,7 +108,8 @@ def table(log):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.mind_experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", type=Path)
     parser.add_argument("--tag")
     parser.add_argument("--model", default="MIND")

@@ -6,24 +6,20 @@ when ``dynamic_interest`` is on), then times ``Trainer.evaluate`` on the test se
 times with one torch thread, and inside it the time spent in ``full_sort_predict``.
 
 Usage (from the project root):
-    python bench/profile_eval.py --dataset amazon-videogames data_path=../shared/data
-    python bench/profile_eval.py --model SASRec --dataset amazon-videogames data_path=../shared/data
-    python bench/profile_eval.py --checkpoint saved/compare/.../MIND-....pth --dataset ...
+    python -m bench.profile_eval --dataset amazon-videogames data_path=../shared/data
+    python -m bench.profile_eval --model SASRec --dataset amazon-videogames data_path=../shared/data
+    python -m bench.profile_eval --checkpoint saved/compare/.../MIND-....pth --dataset ...
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mind_experiments import add_pipeline_arguments, build_pipeline  # noqa: E402
+from bench.mind_experiments import add_pipeline_arguments, build_pipeline
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a RecBole checkpoint of the same model and dataset")
     parser.add_argument("--repeat", type=int, default=2)
     add_pipeline_arguments(parser)

@@ -5,23 +5,19 @@ training batches (loader, forward + loss, backward, optimiser step) with one tor
 prints torch.profiler's table of the most expensive ops.
 
 Usage (from the project root):
-    python bench/profile_train.py --dataset amazon-videogames data_path=../shared/data
-    python bench/profile_train.py --model GRU4Rec --dataset ml-100k
+    python -m bench.profile_train --dataset amazon-videogames data_path=../shared/data
+    python -m bench.profile_train --model GRU4Rec --dataset ml-100k
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mind_experiments import add_pipeline_arguments, build_pipeline  # noqa: E402
+from bench.mind_experiments import add_pipeline_arguments, build_pipeline
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=10)
     add_pipeline_arguments(parser)
     args = parser.parse_args()

@@ -8,18 +8,11 @@ few behaviours alone rank the test item as well as the whole history, the histor
 (recency) is signal that an order-aware model (GRU4Rec, SASRec) can use and MIND cannot.
 
 Usage (from the project root):
-    python bench/recency_eval.py --checkpoint saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
-        --last 5,10,20,50 data_path=../shared/data
+    python -m bench.recency_eval --checkpoint saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
+        --last 5,10,20,50 --data_path ../shared/data
 """
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mind_experiments import parse_overrides  # noqa: E402
 
 
 def keep_last(interaction, seq_field, len_field, m):
@@ -36,21 +29,27 @@ def keep_last(interaction, seq_field, len_field, m):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.recency_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a MIND checkpoint written by RecBole's trainer")
     parser.add_argument("--last", default="5,10,20,50", help="comma-separated m: behaviours kept")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--data_path", default=None,
+                        help="folder holding the checkpoint's dataset, if not where it was trained")
     args = parser.parse_args()
 
     import torch
     from recbole.utils import get_trainer
 
-    from recbole_mind.explain import load_checkpoint
-    from recbole_mind.mind import exclude_input_sequence
+    from recbole_mind.errors import UserError
+    from recbole_mind.explain import load_explainer
+    from recbole_mind.model.scoring import exclude_input_sequence
 
     torch.set_num_threads(args.threads)
-    loaded = load_checkpoint(args.checkpoint, config_dict=parse_overrides(args.overrides))  # the model as trained
+    try:
+        loaded = load_explainer(args.checkpoint, data_path=args.data_path)  # the model as trained
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     model, config = loaded.model, loaded.config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     predict = model.full_sort_predict

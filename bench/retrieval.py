@@ -4,7 +4,7 @@ For each catalogue size and vector source, K = 4 interests per user, d = 64, top
 
 * exact: torch scores every item with every active interest, max over interests, top 50
   (what ``MIND.full_sort_predict`` + top-k does); this is the ground truth;
-* flat / ivf / hnsw / ivfpq: :func:`recbole_mind.retrieval.retrieve` with a prebuilt index
+* flat / ivf / hnsw / ivfpq: :func:`recbole_mind.retrieve.retrieve` with a prebuilt index
   (search each active interest, merge by the exact max-interest score, dedupe, top 50).
 
 A query is one user (all of its active interests and the merge); QPS = users per second,
@@ -20,8 +20,10 @@ Vector sources:
   0.25 x the per-dimension std of the real vectors, scaled back to unit length when the real
   vectors are unit length: normalize_vectors); queries: interests of random real users.
 
-Usage (see results/retrieval.md for the command that produced the committed figures):
-    python bench/retrieval.py --checkpoint saved/MIND-....pth --data_path /work/shared/data
+Usage (from the project root; results/retrieval.md has the commands that produced the committed
+figures):
+    python -m bench.retrieval --checkpoint saved/MIND-....pth --data_path ../shared/data
+    python -m bench.retrieval --tables results/retrieval.json     # its markdown tables
 """
 
 import os
@@ -38,10 +40,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import recbole_mind  # noqa: E402,F401  (stack fixes before RecBole)
-from recbole_mind import retrieval  # noqa: E402
+from recbole_mind import retrieve  # noqa: E402  (importing the package applies its stack fixes first)
+from recbole_mind.checkpoint import load_checkpoint, restore  # noqa: E402
+from recbole_mind.data import user_histories  # noqa: E402
 
 TOPN = 50
 K = 4
@@ -75,15 +76,15 @@ def synthetic_queries(centres, n_users, rng):
 
 def real_vectors(checkpoint, data_path, n_users, rng):
     """Item vectors (padding row dropped) and interests of random users of a trained MIND."""
-    config, dataset, model = retrieval.load_checkpoint(checkpoint, data_path)
-    users, item_seq, item_seq_len, _ = retrieval.user_histories(dataset, model.max_seq_length)
+    config, dataset, _, _, _, model = restore(checkpoint, "MIND", data_path, purpose="bench.retrieval")
+    users, item_seq, item_seq_len, _ = user_histories(dataset, model.max_seq_length)
     pick = np.sort(rng.choice(len(users), n_users, replace=False))
-    interests, mask = retrieval.user_interests(model, users[pick], item_seq[pick], item_seq_len[pick])
+    interests, mask = retrieve.user_interests(model, users[pick], item_seq[pick], item_seq_len[pick])
     with torch.no_grad():
         items = model.item_vectors().numpy()[1:]
     info = {"checkpoint": os.path.basename(checkpoint), "dataset": config["dataset"],
             "real_items": int(len(items)),
-            "epochs_trained": int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1,
+            "epochs_trained": int(load_checkpoint(checkpoint)["epoch"]) + 1,
             "active_interests_mean": float(mask.sum(1).mean())}
     return items, interests, mask, info
 
@@ -135,17 +136,17 @@ def bench_size(items, interests, mask, indexes, log, max_size, hnsw_metric="l2")
         if len(items) > max_size.get(kind, len(items)):
             log(f"  {kind}: skipped above {max_size[kind]} items")
             continue
-        params = retrieval.IndexParams(hnsw_metric=hnsw_metric)
+        params = retrieve.IndexParams(hnsw_metric=hnsw_metric)
         started = time.perf_counter()
-        index = retrieval.build_index(items, kind, params)
+        index = retrieve.build_index(items, kind, params)
         build_s = time.perf_counter() - started
         sweep = []
         for setting in SWEEPS[kind]:
-            p = retrieval.IndexParams(**{**params.__dict__, **setting})
+            p = retrieve.IndexParams(**{**params.__dict__, **setting})
             if kind in ("ivf", "ivfpq"):
                 index.nprobe = min(p.nprobe, index.nlist)
             started = time.perf_counter()
-            found, _ = retrieval.retrieve(interests, mask, with_pad, TOPN, params=p, built_index=index)
+            found, _ = retrieve.retrieve(interests, mask, with_pad, TOPN, params=p, built_index=index)
             seconds = time.perf_counter() - started
             sweep.append({"params": setting, "qps": len(interests) / seconds, "recall@50": recall(found, truth)})
             log(f"  {kind} {setting}: {sweep[-1]['qps']:.1f} users/s, recall@50 {sweep[-1]['recall@50']:.4f}")
@@ -222,11 +223,11 @@ def markdown_tables(report):
 
 
 def main():
-    if sys.argv[1:2] == ["--tables"]:  # python bench/retrieval.py --tables results/retrieval.json
+    if sys.argv[1:2] == ["--tables"]:  # python -m bench.retrieval --tables results/retrieval.json
         with open(sys.argv[2]) as f:
             print(markdown_tables(json.load(f)))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.retrieval", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=None, help="MIND checkpoint for the real vectors (optional)")
     parser.add_argument("--data_path", default=None, help="where the checkpoint's dataset lives")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])

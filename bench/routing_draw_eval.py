@@ -3,7 +3,7 @@
 MIND_SPEC fixes the routing's start logits in evaluation (one N(0, sigma^2) draw per position,
 seeded by ``routing_seed`` and saved with the model), so a user always gets the same interests.
 This evaluates one checkpoint on the test set (every row's input sequence removed from the
-ranking, as in bench/bucket_eval.py) with
+ranking, as in ``bench.bucket_eval``) with
 - the draw it was saved with,
 - fresh draws from other seeds (the same sigma),
 - all-zero start logits (every behaviour split evenly at the start),
@@ -12,35 +12,35 @@ and prints NDCG@10 and Recall@50 of each: the spread over seeds is the noise the
 puts into any comparison.
 
 Usage (from the project root):
-    python bench/routing_draw_eval.py --checkpoint saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
-        --seeds 1,2,3,4 data_path=../shared/data
+    python -m bench.routing_draw_eval --checkpoint saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
+        --seeds 1,2,3,4 --data_path ../shared/data
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bucket_eval import load, metrics, test_ranks  # noqa: E402
-from mind_experiments import parse_overrides  # noqa: E402
+from bench.bucket_eval import load, metrics, test_ranks
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.routing_draw_eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a MIND checkpoint written by RecBole's trainer")
     parser.add_argument("--seeds", default="1,2,3,4", help="comma-separated seeds of fresh draws")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--data_path", default=None,
+                        help="folder holding the checkpoint's dataset, if not where it was trained")
     args = parser.parse_args()
 
     import torch
 
-    from recbole_mind.mind import MIND
+    from recbole_mind.errors import UserError
+    from recbole_mind.model import MIND
 
     torch.set_num_threads(args.threads)
-    model, test_data, _ = load(args.checkpoint, parse_overrides(args.overrides))
+    try:
+        model, test_data, _ = load(args.checkpoint, args.data_path)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     if not isinstance(model, MIND):
         raise SystemExit(f"error: {args.checkpoint} is a {type(model).__name__} checkpoint, not MIND")
     routing = model.routing

@@ -11,26 +11,20 @@ this prints
 - the median rank (among all items) of the test item for rows whose test item is in the long
   tail (training count < 10).
 
-Why: ``bench/bucket_eval.py --by popularity`` showed MIND losing to SASRec on the catalogue's
+Why: ``bench.bucket_eval --by popularity`` showed MIND losing to SASRec on the catalogue's
 tail and winning at its head. MIND's interests leave a ReLU (non-negative coordinates), so every
 two users' vectors have a positive dot product; this measures whether that gives a shared,
 popularity-shaped ranking.
 
 Usage (from the project root):
-    python bench/user_vectors.py data_path=../shared/data \
+    python -m bench.user_vectors --data_path ../shared/data \
         --checkpoint MIND=saved/compare/amazon-videogames/MIND_lr0.003/MIND-....pth \
         --checkpoint SASRec=saved/compare/amazon-videogames/SASRec_lr0.003/SASRec-....pth
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bucket_eval import load  # noqa: E402
-from mind_experiments import parse_overrides  # noqa: E402
+from bench.bucket_eval import load
 
 
 def spearman(a, b):
@@ -43,7 +37,8 @@ def spearman(a, b):
 def figures(model, test_data, counts):
     import torch
 
-    from recbole_mind.mind import MIND
+    from recbole_mind.model import MIND
+    from recbole_mind.model.scoring import max_interest_scores
 
     interaction, _, _, positive_i = next(iter(test_data))
     seq, lengths = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
@@ -51,7 +46,7 @@ def figures(model, test_data, counts):
         if isinstance(model, MIND):  # raw scores: full_sort_predict's history filter left out
             table = model.item_vectors()
             interests, mask = model._interests_of(interaction, table)
-            scores = model.max_interest_scores(interests, mask, table)
+            scores = max_interest_scores(interests, mask, table)
             users = interests[:, 0]
         else:
             scores = model.full_sort_predict(interaction).view(len(interaction), -1)
@@ -69,16 +64,19 @@ def figures(model, test_data, counts):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.user_vectors", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", required=True, metavar="LABEL=PATH")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--data_path", default=None,
+                        help="folder holding the checkpoints' dataset, if not where they were trained")
     args = parser.parse_args()
 
     import torch
 
+    from recbole_mind.errors import UserError
+
     torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.overrides)
     print("| model | cosine to the mean user vector | score variance shared by all users | "
           "Spearman(mean score, training count) | median rank of tail test items |")
     print("|---|---|---|---|---|")
@@ -86,7 +84,10 @@ def main():
         label, sep, path = spec.partition("=")
         if not sep:
             raise SystemExit(f"error: --checkpoint {spec!r} is not LABEL=PATH")
-        model, test_data, counts = load(path, overrides)
+        try:
+            model, test_data, counts = load(path, args.data_path)
+        except UserError as e:
+            raise SystemExit(f"error: {e}") from None
         cosine, shared, popularity, tail_rank, tail_rows, rows = figures(model, test_data, counts)
         print(f"| {label} | {cosine:.3f} | {shared:.3f} | {popularity:.3f} | {tail_rank:.0f} "
               f"({tail_rows} of {rows} rows) |")

@@ -37,7 +37,7 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is not a RecBole checkpoint (no state_dict/config): give a .pth saved by training")
     version = checkpoint.get(VERSION_KEY)
     if version != __version__:
-        made_by = f"recbole-mind {version}" if version else "another program (no recbole-mind version in it)"
+        made_by = f"recbole-mind {version}" if version else "RecBole or a recbole-mind before 0.2.0 (it names no version)"
         raise UserError(f"checkpoint {path} was saved by {made_by}, this is recbole-mind {__version__}: "
                         f"train it again with this version, or use the version that saved it")
     return checkpoint

@@ -12,7 +12,8 @@ from recbole.utils import init_seed
 from bench.cosine_baselines import MODELS, evaluate_checkpoint, recbole_properties
 from bench.mind_experiments import run_one
 from recbole_mind.errors import UserError
-from recbole_mind.quick_start import build_config, prepare_data
+from recbole_mind.config import build_config
+from recbole_mind.data import prepare_data
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

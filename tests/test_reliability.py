@@ -258,7 +258,7 @@ def test_a_checkpoint_of_another_version_is_one_clear_line(capsys, tiny_config, 
     assert checkpoint[VERSION_KEY] == __version__
     assert not os.path.exists(saved + ".partial")  # written beside, then renamed over
     old = str(tmp_path / "old.pth")
-    for version, said in (("0.0.1", "saved by recbole-mind 0.0.1"), (None, "no recbole-mind version")):
+    for version, said in (("0.0.1", "saved by recbole-mind 0.0.1"), (None, "it names no version")):
         checkpoint[VERSION_KEY] = version
         torch.save(checkpoint, old)
         for argv in (["--retrieve", "--checkpoint", old, f"--data_path={tiny_config['data_path']}"],
