@@ -37,6 +37,11 @@ def check_run_config(config):
     length = config["MAX_ITEM_LIST_LENGTH"]
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise UserError(f"MAX_ITEM_LIST_LENGTH must be an integer >= 1, got {length!r}")
+    metric, _, cutoff = str(config["valid_metric"] or "").partition("@")
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if cutoff and cutoff.isdigit() and int(cutoff) not in topk:
+        raise UserError(f"valid_metric {config['valid_metric']} needs {cutoff} in topk {topk}: add it, or "
+                        f"validate on one of " + ", ".join(f"{metric}@{k}" for k in topk))
 
 
 def _header(path, separator):

@@ -196,6 +196,28 @@ def _hyperopt_without_pkg_resources():
             del sys.modules["pkg_resources"]
 
 
+def _collector_keeps_plain_numbers():
+    # Break: RecBole's Collector.get_data_struct calls .cpu() on everything it collected, but
+    # data_collect stores the catalogue size of ItemCoverage ("data.num_items") and
+    # "data.num_users" as plain ints, so any run with the ItemCoverage metric fails with
+    # AttributeError: 'int' object has no attribute 'cpu'. Move only tensors.
+    import copy
+
+    from recbole.evaluator.collector import Collector
+
+    def get_data_struct(self):
+        for key, value in self.data_struct._data_dict.items():
+            if isinstance(value, torch.Tensor):
+                self.data_struct._data_dict[key] = value.cpu()
+        returned_struct = copy.deepcopy(self.data_struct)
+        for key in ["rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label"]:
+            if key in self.data_struct:
+                del self.data_struct[key]
+        return returned_struct
+
+    Collector.get_data_struct = get_data_struct
+
+
 def apply():
     """Apply every fix once; later calls do nothing."""
     global _APPLIED
@@ -207,4 +229,5 @@ def apply():
     _pandas_copy_on_write()
     _quiet_known_warnings()
     _hyperopt_without_pkg_resources()
+    _collector_keeps_plain_numbers()
     _APPLIED = True

@@ -7,6 +7,7 @@ from recbole.config import Config
 from recbole.utils import get_model
 
 from recbole_mind import properties
+from recbole_mind.categories import genre_field
 from recbole_mind.checks import check_config_files, check_run_config
 from recbole_mind.errors import UserError
 from recbole_mind.model import MIND
@@ -17,6 +18,7 @@ PLUGIN_MODELS = {"MIND": MIND}
 # Keys that say where files go or how much is printed, not what is trained or measured: a
 # comparison's protocol, a resumed run's settings and a tuned configuration leave them out.
 LOCATION_KEYS = frozenset({"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id"})
+PROTOCOLS = {"leave_one_out": None, "multi_target": properties.MULTI_TARGET}  # name -> its yaml on top of run.yaml
 
 
 def resolve_model(model):
@@ -33,9 +35,10 @@ def resolve_model(model):
         ) from None
 
 
-def config_file_list(model_class, extra_files=None):
-    """run.yaml (shared protocol), then MIND.yaml for MIND, then the user's files (last wins)."""
-    files = [str(properties.RUN)]
+def config_file_list(model_class, extra_files=None, protocol=None):
+    """run.yaml (shared protocol), the protocol's own yaml, MIND.yaml for MIND, then the user's
+    files (last wins)."""
+    files = [str(properties.RUN)] + ([str(PROTOCOLS[protocol])] if PROTOCOLS.get(protocol) else [])
     if model_class is MIND:
         files.append(str(properties.MIND))
     extra_files = [str(path) for path in extra_files or []]
@@ -57,11 +60,22 @@ def _argv_hidden_from_recbole():
 def build_config(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=None):
     """RecBole's Config for ``model`` on ``dataset`` with the plugin's run protocol."""
     model_class = resolve_model(model)
-    with _argv_hidden_from_recbole():
-        config = Config(model=model_class, dataset=dataset,
-                        config_file_list=config_file_list(model_class, config_files),
-                        config_dict=dict(config_dict or {}))
+
+    def make(protocol=None):
+        with _argv_hidden_from_recbole():
+            return Config(model=model_class, dataset=dataset,
+                          config_file_list=config_file_list(model_class, config_files, protocol),
+                          config_dict=dict(config_dict or {}))
+
+    config = make()
+    protocol = config["eval_protocol"] or "leave_one_out"
+    if protocol not in PROTOCOLS:
+        raise UserError(f"eval_protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if PROTOCOLS[protocol]:  # the protocol's yaml goes under the user's files and overrides
+        config = make(protocol)
     check_run_config(config)
+    if protocol == "multi_target" and genre_field(config):  # categories for Diversity@N
+        add_item_fields(config, [genre_field(config)])
     if model_class is MIND:
         read_hyper_parameters(config)  # bad MIND keys fail now, not after loading the data
     _load_configured_features(config)

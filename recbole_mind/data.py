@@ -6,6 +6,7 @@ Also each user's query sequence as served after everything in the data (retrieva
 import numpy as np
 from recbole.data import create_dataset, data_preparation
 
+from recbole_mind import multi_target
 from recbole_mind.checks import check_dataset_files
 from recbole_mind.download import ensure_dataset
 from recbole_mind.model import MIND
@@ -25,7 +26,13 @@ def check_data(config):
 
 
 def load_data(config):
-    """RecBole's create_dataset and data_preparation: (dataset, train, valid, test)."""
+    """(dataset, train, valid, test) loaders of the run's protocol: RecBole's create_dataset and
+    data_preparation for leave-one-out; :func:`multi_target.prepare` for multi_target, whose
+    test loader also carries ``split`` (the user split as recorded)."""
+    if config["eval_protocol"] == multi_target.NAME:
+        prepared = multi_target.prepare(config)
+        prepared.test_data.split = prepared.split
+        return prepared.dataset, prepared.train_data, prepared.valid_data, prepared.test_data
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data

@@ -25,29 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbole_mind.categories import (CLUSTER_DIM, CLUSTERS, GENRE_FIELDS, cooccurrence_clusters, item_header,
+                                     token_labels)
 from recbole_mind.checkpoint import load_checkpoint, restore
 from recbole_mind.errors import UserError
 from recbole_mind.files import write_json_atomic
 
-# .item columns used as labels when the dataset has them (ml-100k: movie_title, class).
+# .item columns used as titles when the dataset has them (ml-100k: movie_title).
 TITLE_FIELDS = ("movie_title", "title")
-GENRE_FIELDS = ("class", "genre", "genres", "categories")
 TOP_ITEMS = 5  # items listed per interest
 PURITY_DRAWS = 20  # permutation baseline draws
-CLUSTERS = 20  # co-occurrence clusters (ml-100k has 19 genres)
-CLUSTER_DIM = 32  # singular vectors used for the clustering
 
 
 # ----------------------------------------------------------------------------- loading
-def _item_header(data_path, dataset, separator="\t", encoding="utf-8"):
-    """Field names of the dataset's .item atomic file (empty when there is none)."""
-    path = os.path.join(data_path, f"{dataset}.item")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding=encoding) as f:
-        return [column.split(":")[0] for column in f.readline().rstrip("\n").split(separator)]
-
-
 def _pick(header, wanted, candidates):
     if wanted is not None:
         if wanted not in header:
@@ -61,7 +51,7 @@ def load_explainer(path, data_path=None, title_field=None, genre_field=None):
     .item title and genre fields (auto-detected from TITLE_FIELDS / GENRE_FIELDS unless named)."""
     saved = load_checkpoint(path)["config"]
     folder = os.path.join(data_path, saved["dataset"]) if data_path else saved["data_path"]
-    header = _item_header(folder, saved["dataset"], saved["field_separator"] or "\t", saved["encoding"] or "utf-8")
+    header = item_header(folder, saved["dataset"], saved["field_separator"] or "\t", saved["encoding"] or "utf-8")
     title_field = _pick(header, title_field, TITLE_FIELDS)
     genre_field = _pick(header, genre_field, GENRE_FIELDS)
     restored = restore(path, "MIND", data_path, [f for f in (title_field, genre_field) if f], purpose="--explain")
@@ -254,49 +244,6 @@ class Explainer:
 
 
 # ----------------------------------------------------------------------------- statistics
-def token_labels(values, n_tokens):
-    """[n_items, n_tokens - 1] fractional label matrix from a token or token_seq column.
-
-    Token 0 (padding) is dropped; each row sums to 1 over its tokens, or 0 if it has none.
-    """
-    values = values.long()
-    if values.dim() == 1:
-        values = values.unsqueeze(-1)
-    counts = torch.zeros(values.size(0), n_tokens).scatter_add_(1, values, torch.ones(values.shape))[:, 1:]
-    return counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-
-
-def cooccurrence_clusters(users, items, n_users, n_items, clusters=CLUSTERS, dim=CLUSTER_DIM, seed=0):
-    """Cluster of every item from the user-item matrix alone ([n_items], -1 for unseen items).
-
-    Regularised spectral co-clustering: SVD of (D_u + tau_u)^-1/2 X (D_i + tau_i)^-1/2 (X binary
-    users x items, tau the mean degree), drop the first (degree) singular vector, normalise the
-    item rows, k-means. The regularisation matters: without it every small connected component
-    (amazon-videogames has hundreds) adds a singular value of exactly 1, the top vectors span an
-    arbitrary part of that tie and the clusters change from run to run. Cheap: one sparse svds.
-    """
-    import scipy.sparse as sp
-    from scipy.cluster.vq import kmeans2
-    from scipy.sparse.linalg import svds
-
-    x = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
-    x.data[:] = 1.0  # repeated interactions count once
-    du = np.asarray(x.sum(axis=1)).ravel()
-    di = np.asarray(x.sum(axis=0)).ravel()
-    tau_u, tau_i = du[du > 0].mean(), di[di > 0].mean()
-    scaled = sp.diags(1 / np.sqrt(du + tau_u)) @ x @ sp.diags(1 / np.sqrt(di + tau_i))
-    k = min(dim + 1, min(scaled.shape) - 1)
-    _, s, vt = svds(scaled, k=k, random_state=seed)
-    order = np.argsort(-s)[1:]  # the top vector follows the degrees: it carries no cluster
-    vectors = vt[order].T * s[order]
-    seen = di > 0
-    vectors = vectors[seen] / np.maximum(np.linalg.norm(vectors[seen], axis=1, keepdims=True), 1e-12)
-    _, label = kmeans2(vectors, clusters, minit="++", seed=seed)
-    cluster = np.full(n_items, -1)
-    cluster[np.nonzero(seen)[0]] = label
-    return cluster
-
-
 def routing_purity(items, assignment, labels, interest_num, draws=PURITY_DRAWS, seed=0):
     """Label purity of the behaviours routed to each interest, against a permutation baseline.
 
@@ -534,6 +481,24 @@ def plot_health(health, purities, path, title=""):
 
 
 # ----------------------------------------------------------------------------- report
+def interest_health(model, dataset, eval_data, genre_field=None):
+    """The interest-health figures reported beside accuracy: mean pairwise cosine of a user's
+    interests, top-10 items two interests share, share of behaviours that follow their start
+    logit (and its chance level), and the purity lift of each interest's behaviours (genres
+    where ``genre_field`` is loaded, co-occurrence clusters always), over ``eval_data``'s rows."""
+    explainer = Explainer(model, dataset, eval_data, genre_field=genre_field)
+    summary = health_summary(explainer.capsule_health())
+    health = {key: summary[key] for key in ("mean_cosine", "mean_top10_overlap", "follows_init",
+                                            "follows_init_chance")}
+    genres = explainer.genre_labels()
+    purities = {"cooccurrence": explainer.purity(explainer.cooccurrence_labels())}
+    if genres is not None:
+        purities["genre"] = explainer.purity(genres)
+    for name, purity in purities.items():
+        health[f"purity_lift_{name}"] = None if purity is None else purity["lift"]
+    return health
+
+
 def explain_all(explainer, output_dir, users=()):
     """Every picture and number for ``explainer`` into ``output_dir``; returns the summary dict."""
     written = []

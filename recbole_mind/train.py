@@ -12,10 +12,14 @@ from logging import getLogger
 
 from recbole.utils import init_logger, init_seed
 
+from recbole_mind import multi_target
+from recbole_mind.categories import genre_field
 from recbole_mind.checkpoint import check_matches, load_checkpoint
 from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, build_config, resolve_model
 from recbole_mind.data import check_data, load_data
 from recbole_mind.errors import UserError
+from recbole_mind.explain import interest_health
+from recbole_mind.model import MIND
 from recbole_mind.model.scoring import exclude_input_sequence
 from recbole_mind.trainer import NonFiniteLoss, plugin_trainer
 from recbole_mind.version import __version__
@@ -50,7 +54,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
     logger = getLogger()
     logger.info(config)
 
-    _, train_data, valid_data, test_data = load_data(config)
+    dataset, train_data, valid_data, test_data = load_data(config)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = resolve_model(model)(config, train_data._dataset).to(config["device"])
     logger.info(net)
@@ -91,6 +95,14 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         extra["test_result_history_excluded"] = {k: float(v) for k, v in masked.items()}
         logger.info(f"test result, input sequence excluded: {dict(masked)}")
 
+    if config["eval_protocol"] == multi_target.NAME:
+        labels, described = multi_target.categories(config, dataset, train_data)
+        test_result.update(multi_target.list_metrics(trainer.model, test_data, labels, config["topk"], config["device"]))
+        extra["split"] = test_data.split
+        extra["diversity_categories"] = described
+    if isinstance(trainer.model, MIND):
+        extra["interest_health"] = interest_health(trainer.model, dataset, test_data, genre_field(config, dataset))
+        logger.info(f"interest health: {extra['interest_health']}")
     logger.info(f"best valid : {dict(best_valid_result)}")
     logger.info(f"test result: {dict(test_result)}")
     seconds = trainer.epoch_seconds

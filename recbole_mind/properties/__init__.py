@@ -1,4 +1,4 @@
-"""The yaml files recbole-mind ships: the run protocol, MIND's defaults, the paper's model and
+"""The yaml files recbole-mind ships: the run protocols, MIND's defaults, the paper's model and
 the hyper-parameter search spaces."""
 
 from pathlib import Path
@@ -7,4 +7,5 @@ FOLDER = Path(__file__).resolve().parent
 RUN = FOLDER / "run.yaml"
 MIND = FOLDER / "MIND.yaml"
 MIND_PAPER = FOLDER / "MIND-paper.yaml"
+MULTI_TARGET = FOLDER / "multi_target.yaml"
 HYPER = FOLDER / "hyper"
