@@ -35,8 +35,8 @@ def build_parser():
 
     group = parser.add_argument_group("comparison (--compare)")
     group.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
-                       help="train and compare these models under one protocol, e.g. "
-                            "--compare MIND GRU4Rec SASRec SINE")
+                       help="train and compare these models under one protocol, e.g. --compare MIND "
+                            "GRU4Rec SASRec SINE; also the variants " + ", ".join(compare.VARIANTS))
     group.add_argument("--lr_grid", default=compare.DEFAULT_LR_GRID,
                        help="comma-separated learning rates tried for every model; the best on "
                             f"validation is kept (default {compare.DEFAULT_LR_GRID})")
@@ -49,6 +49,9 @@ def build_parser():
     group.add_argument("--time_budget", type=float, default=None, metavar="HOURS",
                        help="stop before an epoch that would end after HOURS and exit with status "
                             "75; the same command continues from the last finished epoch")
+    group.add_argument("--split_seeds", default=None, metavar="SEEDS",
+                       help="with --eval_protocol=multi_target: comma-separated user-split seeds; every "
+                            "run is repeated on each, and the report gives the mean and spread")
     group.add_argument("--results_dir", default=compare.DEFAULT_RESULTS_DIR,
                        help=f"where <protocol>/<dataset>.md and the runs go (default {compare.DEFAULT_RESULTS_DIR})")
 
@@ -114,7 +117,8 @@ def run_from_args(args, overrides):
     if args.compare:
         return compare.compare(args.compare, dataset, args.lr_grid, config_files, overrides,
                                rerun=args.rerun, no_report=args.no_report, torch_threads=args.torch_threads,
-                               time_budget=args.time_budget, results_dir=args.results_dir)
+                               time_budget=args.time_budget, results_dir=args.results_dir,
+                               split_seeds=args.split_seeds)
     if args.hyper:
         return run_tune(args, dataset, config_files, overrides)
     if args.retrieve or args.export:

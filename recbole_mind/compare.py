@@ -29,7 +29,9 @@ import time
 from logging import getLogger
 from pathlib import Path
 
-from recbole_mind import train
+import numpy as np
+
+from recbole_mind import properties, train
 from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, PLUGIN_MODELS, build_config
 from recbole_mind.errors import UserError
 from recbole_mind.files import atomic_write, write_json_atomic
@@ -37,8 +39,12 @@ from recbole_mind.model.hyper_parameters import read_hyper_parameters
 from recbole_mind.version import __version__
 
 DEFAULT_LR_GRID = "0.001,0.003"
-DEFAULT_RESULTS_DIR = "results"
-PROTOCOL_NAME = "leave_one_out"  # results/<protocol>/: the split and ranking run.yaml defines
+DEFAULT_RESULTS_DIR = "results"  # the report goes to <results_dir>/<eval_protocol>/<dataset>.*
+# Named variants of a model, compared as models of their own: name -> (model, extra yaml, settings).
+VARIANTS = {
+    "MIND-K1": ("MIND", None, {"interest_num": 1}),
+    "MIND-paper": ("MIND", str(properties.MIND_PAPER), {}),
+}
 # The model settings every compared model gets, whatever its own yaml says: GRU4Rec, SINE and
 # MIND size their embeddings with embedding_size, GRU4Rec and SASRec their hidden state with
 # hidden_size, so both are fixed. The split, metrics and epoch budget come from run.yaml.
@@ -50,7 +56,7 @@ SHARED_SETTINGS = {
 }
 # Config keys that define the protocol: a stored run is reused only if these match.
 PROTOCOL_KEYS = (
-    "seed", "reproducibility", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH",
+    "eval_protocol", "split_seed", "seed", "reproducibility", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH",
     "loss_type", "train_neg_sample_args", "epochs", "stopping_step", "eval_step", "valid_metric",
     "metrics", "topk", "eval_args", "train_batch_size", "eval_batch_size", "device",
 )
@@ -58,18 +64,26 @@ PROTOCOL_KEYS = (
 # not reused after MIND.yaml's defaults or a --config_files file change them. Not compared
 # across models.
 MODEL_SETTINGS = "model_settings"
-METRIC_ORDER = ("recall", "ndcg", "mrr", "hit")
-METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "hit": "Hit"}
+METRIC_ORDER = ("recall", "ndcg", "mrr", "hit", "diversity", "itemcoverage")
+METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "mrr": "MRR", "hit": "Hit", "diversity": "Diversity",
+                "itemcoverage": "Coverage"}
+HEALTH_KEYS = (("mean_cosine", "interest cosine"), ("mean_top10_overlap", "top-10 overlap"),
+               ("follows_init", "follows start logits"), ("purity_lift_cooccurrence", "co-occurrence purity lift"),
+               ("purity_lift_genre", "genre purity lift"))
 PAUSED_EXIT = 75  # EX_TEMPFAIL: runs stopped at --time_budget; the same command continues them
 
 
 def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_files=None, overrides=None,
             rerun=False, no_report=False, torch_threads=None, time_budget=None,
-            results_dir=DEFAULT_RESULTS_DIR):
+            results_dir=DEFAULT_RESULTS_DIR, split_seeds=None):
     """Train the missing runs, then write the report; returns the report dict (None with
-    ``no_report``). Exits with PAUSED_EXIT when ``time_budget`` hours stopped runs unfinished."""
+    ``no_report``). Exits with PAUSED_EXIT when ``time_budget`` hours stopped runs unfinished.
+
+    ``models`` are model names or VARIANTS; ``split_seeds`` (multi_target only) repeats every run
+    on each seed's user split, and the report gives the mean and spread over them."""
     overrides = dict(overrides or {})
     models = _unique(models)
+    seeds = parse_split_seeds(split_seeds)
     lr_text = lr_grid
     lr_grid = parse_lr_grid(lr_grid)
     for key in ("learning_rate", "model", "dataset"):
@@ -82,15 +96,19 @@ def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_fil
         raise UserError(f"--time_budget must be a positive number of hours, got {time_budget}")
     deadline = time.time() + 3600 * time_budget if time_budget else None
     config_dict = {**SHARED_SETTINGS, **overrides}
-    protocols = {model: protocol_of(model, dataset, config_files, config_dict, overrides)
-                 for model in models}
+    protocols = {(model, seed): protocol_of(model, dataset, config_files, config_dict, overrides, seed)
+                 for model in models for seed in seeds}
     for protocol in protocols.values():
         protocol["torch_threads"] = torch_threads  # timings are only comparable at one thread count
-    _check_same_protocol(protocols)
+    eval_protocol = next(iter(protocols.values()))["eval_protocol"]
+    if seeds != [None] and eval_protocol != "multi_target":
+        raise UserError("--split_seeds is for the multi_target protocol: add --eval_protocol=multi_target")
+    for seed in seeds:
+        _check_same_protocol({model: protocols[model, seed] for model in models})
 
-    report_dir = Path(results_dir) / PROTOCOL_NAME
+    report_dir = Path(results_dir) / eval_protocol
     runs_dir = report_dir / "runs" / dataset
-    records, pending = run_all(models, lr_grid, dataset, config_files, config_dict, protocols,
+    records, pending = run_all(models, lr_grid, seeds, dataset, config_files, config_dict, protocols,
                                runs_dir, rerun=rerun, deadline=deadline)
     if pending:
         print(f"time budget spent: {len(pending)} run(s) not finished ({'; '.join(pending)}); run "
@@ -98,9 +116,10 @@ def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_fil
         raise SystemExit(PAUSED_EXIT)
     if no_report:
         return None
-    shared = {k: v for k, v in protocols[models[0]].items() if k != MODEL_SETTINGS}
-    command = command_line(models, dataset, lr_text, config_files, torch_threads, results_dir, overrides)
-    report = build_report(dataset, models, lr_grid, records, shared, command=command)
+    shared = {k: v for k, v in protocols[models[0], seeds[0]].items() if k not in (MODEL_SETTINGS, "split_seed")}
+    command = command_line(models, dataset, lr_text, config_files, torch_threads, results_dir, overrides,
+                           split_seeds)
+    report = build_report(dataset, models, lr_grid, seeds, records, shared, command=command)
     paths = write_report(report, report_dir)
     print(format_table(report))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -120,13 +139,40 @@ def parse_lr_grid(text):
     return _unique(grid)
 
 
+def parse_split_seeds(text):
+    """'1,2,3' -> [1, 2, 3]; None -> [None] (the run's own split_seed)."""
+    if text is None:
+        return [None]
+    try:
+        seeds = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise UserError(f"--split_seeds {text!r} is not a comma-separated list of whole numbers, e.g. 1,2,3")
+    return _unique(seeds)
+
+
+def variant(name):
+    """(model, extra yaml file or None, extra settings) of a compared name."""
+    return VARIANTS.get(name, (name, None, {}))
+
+
 def _unique(values):
     return list(dict.fromkeys(values))
 
 
-def protocol_of(model, dataset, config_files, config_dict, overrides):
-    """The protocol settings of ``model``'s run, as RecBole's Config resolves them (for MIND
+def run_settings(name, config_files, config_dict, seed):
+    """(model, config files, config dict) of one compared name on one split seed."""
+    model, extra_file, extra = variant(name)
+    files = list(config_files or []) + ([extra_file] if extra_file else [])
+    settings = {**config_dict, **extra, **({"split_seed": seed} if seed is not None else {})}
+    return model, files or None, settings
+
+
+def protocol_of(name, dataset, config_files, config_dict, overrides, seed=None):
+    """The protocol settings of ``name``'s run, as RecBole's Config resolves them (for MIND
     also its own hyper-parameters, under MODEL_SETTINGS)."""
+    model, config_files, config_dict = run_settings(name, config_files, config_dict, seed)
     config = build_config(model, dataset, config_files, config_dict)
     keys = list(PROTOCOL_KEYS) + sorted(k for k in overrides if k not in LOCATION_KEYS
                                        and k not in PROTOCOL_KEYS)
@@ -134,6 +180,8 @@ def protocol_of(model, dataset, config_files, config_dict, overrides):
     protocol.update({key: config[key] for key in keys})
     if model in PLUGIN_MODELS:
         protocol[MODEL_SETTINGS] = vars(read_hyper_parameters(config))
+    if protocol["eval_protocol"] == "multi_target" and protocol["split_seed"] is None:
+        protocol["split_seed"] = protocol["seed"]  # the split the run will draw
     return _plain(protocol)
 
 
@@ -159,13 +207,19 @@ def _check_same_protocol(protocols):
                                 f"all models, e.g. --{key}=...")
 
 
-def run_file(runs_dir, model, lr):
-    return Path(runs_dir) / f"{model}_lr{lr:g}.json"
+def run_name(name, lr, seed=None):
+    """<name>_lr<lr>[_split<seed>]: a run's file stem and checkpoint folder."""
+    return f"{name}_lr{lr:g}" + (f"_split{seed}" if seed is not None else "")
 
 
-def run_all(models, lr_grid, dataset, config_files, config_dict, protocols, runs_dir, rerun=False,
+def run_file(runs_dir, name, lr, seed=None):
+    return Path(runs_dir) / f"{run_name(name, lr, seed)}.json"
+
+
+def run_all(models, lr_grid, seeds, dataset, config_files, config_dict, protocols, runs_dir, rerun=False,
             deadline=None):
-    """Every (model, learning rate) run's record, training in its own process each one not stored.
+    """Every (name, learning rate, split seed) run's record, training in its own process each one
+    not stored.
 
     Returns (records, pending): pending names the runs left unfinished at the deadline.
     """
@@ -174,49 +228,52 @@ def run_all(models, lr_grid, dataset, config_files, config_dict, protocols, runs
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo, records = [], {}
     for model in models:
-        for lr in lr_grid:
-            path = run_file(runs_dir, model, lr)
-            if rerun:
-                RunState(path).remove()
-            stored = None if rerun else load_run(path, protocols[model])
-            if stored is None:
-                RunState(path).check(protocols[model])
-                todo.append((model, lr))
-            else:
-                records[model, lr] = stored
+        for seed in seeds:
+            for lr in lr_grid:
+                path = run_file(runs_dir, model, lr, seed)
+                if rerun:
+                    RunState(path).remove()
+                stored = None if rerun else load_run(path, protocols[model, seed])
+                if stored is None:
+                    RunState(path).check(protocols[model, seed])
+                    todo.append((model, lr, seed))
+                else:
+                    records[model, lr, seed] = stored
 
     failures, pending = [], []
-    total = len(models) * len(lr_grid)
+    total = len(models) * len(lr_grid) * len(seeds)
     with _sigterm_as_exit(), tqdm(total=total, initial=total - len(todo), unit="run",
                                   desc=f"compare on {dataset}", file=sys.stderr,
                                   dynamic_ncols=True) as bar:
-        for i, (model, lr) in enumerate(todo):
-            path = run_file(runs_dir, model, lr)
+        for i, (name, lr, seed) in enumerate(todo):
+            path = run_file(runs_dir, name, lr, seed)
+            label = f"{name} lr={lr:g}" + (f" split {seed}" if seed is not None else "")
             progress = RunState(path).progress()
             # The first run always starts, so every call makes progress; a later one only if its
             # next epoch, as timed before, still fits.
             if i and deadline is not None and time.time() + progress.get("next_s", 0) > deadline:
-                pending.append(f"{model} lr={lr:g} not started")
+                pending.append(f"{label} not started")
                 continue
             resumed = f" from epoch {progress['epoch'] + 2}" if progress else ""
-            bar.set_postfix_str(f"{model} lr={lr:g}{resumed}")
-            spec = {"model": model, "dataset": dataset, "learning_rate": lr,
-                    "config_files": config_files,
-                    "config_dict": {"checkpoint_dir": _checkpoint_dir(dataset, model, lr),
-                                    **config_dict, "learning_rate": lr},
-                    "protocol": protocols[model], "out": str(path.resolve()),
-                    "cwd": os.getcwd(), "torch_threads": protocols[model]["torch_threads"],
+            bar.set_postfix_str(f"{label}{resumed}")
+            model, files, settings = run_settings(name, config_files, config_dict, seed)
+            spec = {"model": model, "name": name, "dataset": dataset, "learning_rate": lr,
+                    "split_seed": seed, "config_files": files,
+                    "config_dict": {"checkpoint_dir": _checkpoint_dir(dataset, name, lr, seed),
+                                    **settings, "learning_rate": lr},
+                    "protocol": protocols[name, seed], "out": str(path.resolve()),
+                    "cwd": os.getcwd(), "torch_threads": protocols[name, seed]["torch_threads"],
                     "deadline": deadline}
             record, error = train_in_subprocess(spec, path.parent / f"{path.stem}.log")
             if error == "paused":
                 done = RunState(path).progress()
                 where = f"after epoch {done['epoch'] + 1} of {done['epochs']}"
-                pending.append(f"{model} lr={lr:g} {where}")
-                bar.write(f"{model} lr={lr:g}: paused {where} (time budget)")
+                pending.append(f"{label} {where}")
+                bar.write(f"{label}: paused {where} (time budget)")
             elif record is None:
-                failures.append(f"{model} lr={lr:g} ({error})")
+                failures.append(f"{label} ({error})")
             else:
-                records[model, lr] = record
+                records[name, lr, seed] = record
                 bar.write(_summary_line(record))
                 bar.update(1)
     if failures:
@@ -225,10 +282,10 @@ def run_all(models, lr_grid, dataset, config_files, config_dict, protocols, runs
     return records, pending
 
 
-def _checkpoint_dir(dataset, model, lr):
-    """saved/compare/<dataset>/<model>_lr<lr>/: RecBole names its checkpoints by model and start
+def _checkpoint_dir(dataset, name, lr, seed=None):
+    """saved/compare/<dataset>/<run name>/: RecBole names its checkpoints by model and start
     second only, so runs of one model started within a second would share a file."""
-    return os.path.join("saved", "compare", dataset, f"{model}_lr{lr:g}")
+    return os.path.join("saved", "compare", dataset, run_name(name, lr, seed))
 
 
 @contextlib.contextmanager
@@ -273,7 +330,7 @@ def train_in_subprocess(spec, log_path):
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     process = _context().Process(target=_worker_main, args=(spec, str(log_path)),
-                                 name=f"{spec['model']}-lr{spec['learning_rate']:g}")
+                                 name=run_name(spec["name"], spec["learning_rate"], spec["split_seed"]))
     process.start()
     try:
         process.join()
@@ -330,7 +387,8 @@ def _worker_main(spec, log_path):
 
 def _summary_line(record):
     result = record["result"]
-    return (f"{record['model']} lr={record['learning_rate']:g}: {result['epochs_run']} epochs, best "
+    split = f" split {record['split_seed']}" if record.get("split_seed") is not None else ""
+    return (f"{record['model']} lr={record['learning_rate']:g}{split}: {result['epochs_run']} epochs, best "
             f"at {result['best_epoch']}, {result['train_s_per_epoch']:.1f} s/epoch, valid "
             f"{record['valid_metric']} {result['best_valid_score']:.4f}, peak RSS "
             f"{record['peak_rss_mb']:.0f} MB")
@@ -479,15 +537,17 @@ def worker(spec):
     state = RunState(spec["out"], spec["protocol"], spec.get("deadline"))
     try:
         result = train.run(spec["model"], spec["dataset"], config_files=spec["config_files"],
-                                 config_dict=spec["config_dict"], trainer_hook=state.hook,
-                                 test_history_excluded=True)
+                           config_dict=spec["config_dict"], trainer_hook=state.hook,
+                           # multi_target removes each row's input for every model already
+                           test_history_excluded=spec["protocol"]["eval_protocol"] == "leave_one_out")
     except _Paused as paused:
         getLogger().info(f"paused after epoch {paused.args[0]}: the time budget is spent")
         raise SystemExit(PAUSED_EXIT) from None
     record = {
-        "model": spec["model"],
+        "model": spec["name"],
         "dataset": spec["dataset"],
         "learning_rate": spec["learning_rate"],
+        "split_seed": spec["split_seed"],
         "protocol": spec["protocol"],
         "version": __version__,
         "valid_metric": spec["protocol"]["valid_metric"].lower(),
@@ -503,54 +563,94 @@ def worker(spec):
     state.remove()
 
 
-def select_learning_rate(runs):
-    """The run with the best validation score; on a tie the one listed first in the grid."""
+def select_learning_rate(runs_by_lr):
+    """The learning rate whose runs have the best mean validation score (over the split seeds);
+    on a tie the one listed first in the grid."""
     best = None
-    for run in runs:
-        score, bigger = run["result"]["best_valid_score"], run["result"]["valid_score_bigger"]
+    for lr, runs in runs_by_lr.items():
+        score = float(np.mean([run["result"]["best_valid_score"] for run in runs]))
+        bigger = runs[0]["result"]["valid_score_bigger"]
         if best is None or (score > best[0] if bigger else score < best[0]):
-            best = (score, run)
+            best = (score, lr)
     return best[1]
 
 
-def build_report(dataset, models, lr_grid, records, protocol, command):
-    """The comparison as one dict: the protocol, and per model its selected run's figures."""
+def _mean(dicts):
+    keys = dicts[0].keys() if dicts and dicts[0] else ()
+    return {k: float(np.mean([d[k] for d in dicts])) for k in keys}
+
+
+def _std(dicts):
+    keys = dicts[0].keys() if dicts and dicts[0] else ()
+    return {k: float(np.std([d[k] for d in dicts])) for k in keys}
+
+
+def _mean_health(healths):
+    """Mean of each interest-health figure over the seeds (None where a seed has none)."""
+    healths = [h for h in healths if h]
+    if not healths:
+        return None
+    return {k: (float(np.mean([h[k] for h in healths])) if all(h.get(k) is not None for h in healths) else None)
+            for k in healths[0]}
+
+
+def build_report(dataset, models, lr_grid, seeds, records, protocol, command):
+    """The comparison as one dict: the protocol, and per model its selected runs' figures (the
+    mean over the split seeds, with their spread, where there are several)."""
     entries = {}
     for model in models:
-        runs = [records[model, lr] for lr in lr_grid]
-        chosen = select_learning_rate(runs)
-        result = chosen["result"]
-        seconds = result["epoch_seconds"]
+        by_lr = {lr: [records[model, lr, seed] for seed in seeds] for lr in lr_grid}
+        lr = select_learning_rate(by_lr)
+        chosen = by_lr[lr]
+        results = [run["result"] for run in chosen]
+        seconds = [s for result in results for s in result["epoch_seconds"]]
+        health = _mean_health([result.get("interest_health") for result in results])
         entries[model] = {
-            "test": result["test_result"],
+            "test": _mean([result["test_result"] for result in results]),
+            "test_std": _std([result["test_result"] for result in results]) if len(seeds) > 1 else None,
             # the same checkpoint, ranked without the items of each test row's input sequence
-            "test_history_excluded": result.get("test_result_history_excluded"),
-            "valid": result["best_valid_result"],
-            "train_s_per_epoch": result["train_s_per_epoch"],
+            # (leave-one-out; multi_target removes them for every model in the main table)
+            "test_history_excluded": (_mean([r["test_result_history_excluded"] for r in results])
+                                      if all(r.get("test_result_history_excluded") for r in results) else None),
+            "valid": _mean([result["best_valid_result"] for result in results]),
+            "interest_cosine": health["mean_cosine"] if health else None,
+            "interest_health": health,
+            "train_s_per_epoch": float(np.mean([result["train_s_per_epoch"] for result in results])),
             # the fastest epoch: the least disturbed by other jobs on a shared machine
             "train_s_per_epoch_min": min(seconds) if seconds else None,
-            "eval_s": result["eval_s"],
-            "best_epoch": result["best_epoch"],
-            "epochs_run": result["epochs_run"],
-            "peak_rss_mb": chosen["peak_rss_mb"],
-            "torch_threads": chosen.get("torch_threads"),
-            "learning_rate": chosen["learning_rate"],
-            "lr_grid_valid": {f"{run['learning_rate']:g}": run["result"]["best_valid_score"]
-                              for run in runs},
+            "eval_s": float(np.mean([result["eval_s"] for result in results])),
+            "best_epoch": results[0]["best_epoch"] if len(seeds) == 1 else [r["best_epoch"] for r in results],
+            "epochs_run": results[0]["epochs_run"] if len(seeds) == 1 else [r["epochs_run"] for r in results],
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in chosen),
+            "torch_threads": chosen[0].get("torch_threads"),
+            "learning_rate": lr,
+            "lr_grid_valid": {f"{g:g}": float(np.mean([run["result"]["best_valid_score"] for run in runs]))
+                              for g, runs in by_lr.items()},
             # MIND's own hyper-parameters as the run used them (None for RecBole's models)
-            MODEL_SETTINGS: (chosen.get("protocol") or {}).get(MODEL_SETTINGS),
+            MODEL_SETTINGS: (chosen[0].get("protocol") or {}).get(MODEL_SETTINGS),
         }
+        if len(seeds) > 1:
+            entries[model]["seeds"] = {str(seed): {"test": result["test_result"], "best_epoch": result["best_epoch"],
+                                                   "interest_health": result.get("interest_health")}
+                                       for seed, result in zip(seeds, results)}
+    splits = {}
+    for (model, lr, seed), record in records.items():
+        split = record["result"].get("split")
+        if split:
+            splits[str(split["seed"])] = {"users": split["users"], "sha256": split["sha256"]}
     return {
         "dataset": dataset,
         "command": command,
         "protocol": {
             **protocol,
-            "split": describe_split(protocol["eval_args"]),
-            "ranking": describe_ranking(protocol["eval_args"]),
+            "split": describe_split(protocol),
+            "ranking": describe_ranking(protocol),
             "epoch_budget": {"epochs": protocol["epochs"], "stopping_step": protocol["stopping_step"],
                              "early_stopping_on": protocol["valid_metric"]},
             "lr_grid": lr_grid,
-            "lr_selection": f"per model, the grid value with the best validation {protocol['valid_metric']}",
+            "lr_selection": f"per model, the grid value with the best (mean) validation {protocol['valid_metric']}",
+            "split_seeds": seeds if seeds != [None] else None,
+            "user_splits": splits or None,
             "peak_rss": "peak resident memory of the run's own process (ru_maxrss), Python, "
                         "torch and RecBole included",
         },
@@ -558,24 +658,32 @@ def build_report(dataset, models, lr_grid, records, protocol, command):
     }
 
 
-def describe_split(eval_args):
-    """Words for RecBole's eval_args split, e.g. run.yaml's leave-one-out in time order."""
+def describe_split(protocol):
+    """Words for the protocol's split, e.g. run.yaml's leave-one-out in time order."""
+    if protocol.get("eval_protocol") == "multi_target":
+        return ("users split at random 8:1:1 into train, valid and test users; each valid and test user's "
+                "first 80% of behaviours in, the rest the targets")
+    eval_args = protocol["eval_args"]
     split, order = eval_args.get("split") or {}, eval_args.get("order")
     if split == {"LS": "valid_and_test"} and order == "TO":
         return "leave-one-out per user in time order: last item test, second last valid"
     return f"split {json.dumps(split)}, order {order}, grouped by {eval_args.get('group_by')}"
 
 
-def describe_ranking(eval_args):
-    modes = eval_args.get("mode") or {}
+def describe_ranking(protocol):
+    if protocol.get("eval_protocol") == "multi_target":
+        return "full ranking over all items, each row's input sequence removed for every model"
+    modes = protocol["eval_args"].get("mode") or {}
     modes = set(modes.values()) if isinstance(modes, dict) else {modes}
     if modes == {"full"}:
         return "full ranking over all items"
     return "ranking mode " + ", ".join(sorted(map(str, modes)))
 
 
-def command_line(models, dataset, lr_grid, config_files, torch_threads, results_dir, overrides):
+def command_line(models, dataset, lr_grid, config_files, torch_threads, results_dir, overrides, split_seeds=None):
     parts = ["python run_recbole_mind.py --compare", *models, "--dataset", dataset, "--lr_grid", str(lr_grid)]
+    if split_seeds is not None:
+        parts += ["--split_seeds", str(split_seeds)]
     if config_files:
         parts += ["--config_files", f"'{' '.join(map(str, config_files))}'"]
     if torch_threads is not None:
@@ -603,7 +711,8 @@ def _table(header, rows):
 
 
 def metric_table(report, key="test"):
-    """The markdown table of one result set per model (best of each column in bold)."""
+    """The markdown table of one result set per model (best of each column in bold; the mean
+    +- the spread over the split seeds where there are several)."""
     models = report["models"]
     columns = metric_columns(report)
     best = {c: max(m[key][f"{c[0]}@{c[1]}"] for m in models.values()) for c in columns}
@@ -612,14 +721,39 @@ def metric_table(report, key="test"):
         cells = []
         for c in columns:
             value = m[key][f"{c[0]}@{c[1]}"]
-            cells.append(f"**{value:.4f}**" if value == best[c] else f"{value:.4f}")
+            cell = f"**{value:.4f}**" if value == best[c] else f"{value:.4f}"
+            if key == "test" and m.get("test_std"):
+                cell += f" ± {m['test_std'][f'{c[0]}@{c[1]}']:.4f}"
+            cells.append(cell)
         rows.append([name, f"{m['learning_rate']:g}", *cells])
     header = ["Model", "LR", *(f"{METRIC_NAMES[n]}@{k}" for n, k in columns)]
     return _table(header, rows)
 
 
+def health_section(report):
+    """The interest-health table of the models that have interests (MIND and its variants)."""
+    rows = [[name, *("-" if (m["interest_health"] or {}).get(k) is None else f"{m['interest_health'][k]:.3f}"
+                     for k, _ in HEALTH_KEYS)]
+            for name, m in report["models"].items() if m.get("interest_health")]
+    if not rows:
+        return []
+    return [
+        "## Interest health (test rows)",
+        "",
+        "Mean pairwise cosine of a user's interests and share of top-10 items two interests both "
+        "retrieve (1: the interests are one); share of routed behaviours whose largest weight goes "
+        "where their start logit points; purity lift of each interest's behaviours over a random "
+        "split of the same sizes (0: no grouping). `python run_recbole_mind.py --explain` draws them.",
+        "",
+        *_table(["Model", *(label for _, label in HEALTH_KEYS)], rows),
+        "",
+    ]
+
+
 def history_excluded_section(report):
     """The second test table: the same checkpoints, each input sequence removed."""
+    if not all(m.get("test_history_excluded") for m in report["models"].values()):
+        return []  # multi_target removes it in the main table already
     return [
         "## Test set, each user's input sequence removed from the ranking",
         "",
@@ -640,12 +774,22 @@ def format_table(report):
     def fastest(m):
         return f"{m['train_s_per_epoch_min']:.2f}" if m["train_s_per_epoch_min"] else "-"
 
+    def listed(value):
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
     cost_rows = [[name, f"{m['train_s_per_epoch']:.2f}", fastest(m), f"{m['eval_s']:.2f}",
-                  str(m["best_epoch"]), str(m["epochs_run"]), f"{m['peak_rss_mb']:.0f}"]
+                  listed(m["best_epoch"]), listed(m["epochs_run"]), f"{m['peak_rss_mb']:.0f}"]
                  for name, m in models.items()]
     lines += _table(["Model", "train s/epoch", "fastest epoch s", "full-sort eval s (test)",
                      "best epoch", "epochs run", "peak RSS MB"], cost_rows)
     return "\n".join(lines)
+
+
+def _users_line(splits):
+    counts = [f"split {seed}: {v['users']['train']} / {v['users']['valid']} / {v['users']['test']} users"
+              for seed, v in sorted(splits.items())]
+    left = max(v["users"]["left_out_one_interaction"] + v["users"]["left_out_no_new_target"] for v in splits.values())
+    return f"train / valid / test users ({'; '.join(counts)}; at most {left} users left out: one interaction or no new target)"
 
 
 def format_markdown(report):
@@ -661,6 +805,9 @@ def format_markdown(report):
         "",
         "Protocol, the same for every model: " + "; ".join([
             p["split"], p["ranking"], f"seed {p['seed']}",
+            *([f"user splits of seeds {', '.join(map(str, p['split_seeds']))}: every figure the mean "
+               "± the standard deviation over them"] if p.get("split_seeds") else []),
+            *([_users_line(p["user_splits"])] if p.get("user_splits") else []),
             f"embedding_size {p['embedding_size']} and hidden_size {p['hidden_size']}",
             f"MAX_ITEM_LIST_LENGTH {p['MAX_ITEM_LIST_LENGTH']}", f"loss {p['loss_type']}",
             f"train batch {p['train_batch_size']}",
@@ -671,7 +818,8 @@ def format_markdown(report):
             f"device {p['device']}",
         ]) + ".",
         "",
-        "## Test set (full ranking)",
+        "## Test set (full ranking)" if p.get("eval_protocol") != "multi_target" else
+        "## Test users (full ranking, input sequence removed)",
         "",
         format_table(report),
         "",
@@ -682,6 +830,7 @@ def format_markdown(report):
         + ", ".join(f"{name} {m.get('torch_threads')}" for name, m in report["models"].items()) + ".",
         "",
         *history_excluded_section(report),
+        *health_section(report),
         f"## Learning-rate grid (best validation {p['valid_metric']})",
         "",
         *_table(["Model", *grid], lr_rows),

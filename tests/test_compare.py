@@ -163,3 +163,39 @@ def test_time_budget_pauses_and_the_same_command_resumes_exactly(tiny_root, tmp_
     assert two["result"]["epochs_run"] == 2
     for key in ("test_result", "best_valid_result", "best_valid_score", "best_epoch"):
         assert two["result"][key] == one["result"][key], key
+
+
+def test_compare_under_the_multi_target_protocol_over_two_user_splits(tiny_root, tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["--compare", "MIND", "MIND-K1", "GRU4Rec", "--dataset", "tiny", "--lr_grid", "0.01",
+            "--results_dir", str(results), "--torch_threads", "1", f"--data_path={tiny_root}",
+            "--eval_protocol=multi_target", "--split_seeds", "1,2", "--epochs=1", "--topk=[5,10]",
+            "--valid_metric=Recall@10", "--state=ERROR", "--train_batch_size=64", "--hidden_size=16"]
+    assert cli.main(argv) == 0
+    report = json.loads((results / "multi_target" / "tiny.json").read_text())
+    assert set(report["models"]) == {"MIND", "MIND-K1", "GRU4Rec"}
+    assert report["protocol"]["eval_protocol"] == "multi_target" and report["protocol"]["split_seeds"] == [1, 2]
+    assert set(report["protocol"]["user_splits"]) == {"1", "2"}
+    runs = results / "multi_target" / "runs" / "tiny"
+    for name in ("MIND", "MIND-K1", "GRU4Rec"):
+        entry = report["models"][name]
+        per_seed = [json.loads((runs / f"{name}_lr0.01_split{seed}.json").read_text()) for seed in (1, 2)]
+        assert [r["result"]["split"]["seed"] for r in per_seed] == [1, 2]
+        for key in ("recall@10", "ndcg@10", "hit@10", "diversity@10", "itemcoverage@10"):
+            values = [r["result"]["test_result"][key] for r in per_seed]
+            assert entry["test"][key] == pytest.approx(sum(values) / 2)
+            assert entry["test_std"][key] == pytest.approx(abs(values[0] - values[1]) / 2)
+        assert (entry["interest_cosine"] is None) == (name != "MIND")  # K = 1 has no pair of interests
+        assert (entry["interest_health"] is None) == (name == "GRU4Rec")
+        assert entry["test_history_excluded"] is None and "train_s_per_epoch" in entry
+    assert report["models"]["MIND-K1"]["model_settings"]["interest_num"] == 1
+    assert report["models"]["MIND-K1"]["interest_health"]["mean_cosine"] is None  # one interest: no pairs
+    md = (results / "multi_target" / "tiny.md").read_text()
+    assert "users split at random 8:1:1" in md and "Diversity@10" in md and "± " in md
+    assert "## Interest health" in md and "input sequence removed" in md
+    # the same seeds again train nothing; --split_seeds under leave-one-out is refused
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "lr=" not in capsys.readouterr().out
+    assert cli.main([a for a in argv if a != "--eval_protocol=multi_target"]) == 2
+    assert "--split_seeds is for the multi_target protocol" in capsys.readouterr().err

@@ -109,3 +109,13 @@ def test_pandas_fill_nan_and_sequence_remap(tmp_path):
     for token, wanted in expected.items():
         row = genres[dataset.token2id("item_id", str(token))]
         assert [id2token["genre"][g] for g in row.tolist() if g] == wanted
+
+
+def test_item_coverage_metric_runs(tiny_config):
+    """RecBole's Collector moved every collected value with .cpu(), the plain-int catalogue size
+    of ItemCoverage included (compat._collector_keeps_plain_numbers)."""
+    from recbole_mind.train import run
+
+    result = run("MIND", "tiny", config_dict={**tiny_config, "metrics": ["Recall", "ItemCoverage"],
+                                              "valid_metric": "Recall@10"})
+    assert 0 < result["test_result"]["itemcoverage@10"] <= 1
