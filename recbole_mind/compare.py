@@ -85,7 +85,7 @@ def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_fil
     models = _unique(models)
     seeds = parse_split_seeds(split_seeds)
     lr_text = lr_grid
-    lr_grid = parse_lr_grid(lr_grid)
+    grids = parse_lr_grid(lr_grid, models)
     for key in ("learning_rate", "model", "dataset"):
         if key in overrides:
             raise UserError(f"--{key}= cannot be given with --compare: use "
@@ -108,7 +108,7 @@ def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_fil
 
     report_dir = Path(results_dir) / eval_protocol
     runs_dir = report_dir / "runs" / dataset
-    records, pending = run_all(models, lr_grid, seeds, dataset, config_files, config_dict, protocols,
+    records, pending = run_all(models, grids, seeds, dataset, config_files, config_dict, protocols,
                                runs_dir, rerun=rerun, deadline=deadline)
     if pending:
         print(f"time budget spent: {len(pending)} run(s) not finished ({'; '.join(pending)}); run "
@@ -119,24 +119,41 @@ def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_fil
     shared = {k: v for k, v in protocols[models[0], seeds[0]].items() if k not in (MODEL_SETTINGS, "split_seed")}
     command = command_line(models, dataset, lr_text, config_files, torch_threads, results_dir, overrides,
                            split_seeds)
-    report = build_report(dataset, models, lr_grid, seeds, records, shared, command=command)
+    report = build_report(dataset, models, grids, seeds, records, shared, command=command)
     paths = write_report(report, report_dir)
     print(format_table(report))
     print("wrote " + ", ".join(str(p) for p in paths))
     return report
 
 
-def parse_lr_grid(text):
-    """'0.001,0.003' -> [0.001, 0.003]; every value a positive float, none repeated."""
+def parse_lr_grid(text, models=None):
+    """'0.001,0.003' -> [0.001, 0.003] (every value a positive float, none repeated); with
+    ``models``, {model: its grid}, where 'SINE=0.001' entries give a model a grid of its own
+    ('0.003,SINE=0.001': SINE tries 0.001, every other model 0.003)."""
+    shared, own = [], {}
     try:
-        grid = [float(v) for v in str(text).split(",") if v.strip()]
+        for item in (v.strip() for v in str(text).split(",")):
+            if not item:
+                continue
+            name, sep, value = item.rpartition("=")
+            (own.setdefault(name, []) if sep else shared).append(float(value))
     except ValueError:
         raise UserError(f"--lr_grid {text!r} is not a comma-separated list of numbers, "
-                        "e.g. --lr_grid 0.001,0.003") from None
-    if not grid or any(not math.isfinite(v) or v <= 0 for v in grid):
+                        "e.g. --lr_grid 0.001,0.003 or --lr_grid 0.003,SINE=0.001") from None
+    values = shared + [v for grid in own.values() for v in grid]
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise UserError(f"--lr_grid {text!r} needs one or more positive learning rates, "
                         "e.g. --lr_grid 0.001,0.003")
-    return _unique(grid)
+    if models is None:
+        return _unique(values)
+    unknown = sorted(set(own) - set(models))
+    if unknown:
+        raise UserError(f"--lr_grid names {', '.join(unknown)}, which --compare does not: name compared models only")
+    grids = {model: _unique(own.get(model) or shared) for model in models}
+    missing = [model for model, grid in grids.items() if not grid]
+    if missing:
+        raise UserError(f"--lr_grid {text!r} gives no learning rate for {', '.join(missing)}: add a shared one")
+    return grids
 
 
 def parse_split_seeds(text):
@@ -216,7 +233,7 @@ def run_file(runs_dir, name, lr, seed=None):
     return Path(runs_dir) / f"{run_name(name, lr, seed)}.json"
 
 
-def run_all(models, lr_grid, seeds, dataset, config_files, config_dict, protocols, runs_dir, rerun=False,
+def run_all(models, grids, seeds, dataset, config_files, config_dict, protocols, runs_dir, rerun=False,
             deadline=None):
     """Every (name, learning rate, split seed) run's record, training in its own process each one
     not stored.
@@ -229,7 +246,7 @@ def run_all(models, lr_grid, seeds, dataset, config_files, config_dict, protocol
     todo, records = [], {}
     for model in models:
         for seed in seeds:
-            for lr in lr_grid:
+            for lr in grids[model]:
                 path = run_file(runs_dir, model, lr, seed)
                 if rerun:
                     RunState(path).remove()
@@ -241,7 +258,7 @@ def run_all(models, lr_grid, seeds, dataset, config_files, config_dict, protocol
                     records[model, lr, seed] = stored
 
     failures, pending = [], []
-    total = len(models) * len(lr_grid) * len(seeds)
+    total = sum(len(grid) for grid in grids.values()) * len(seeds)
     with _sigterm_as_exit(), tqdm(total=total, initial=total - len(todo), unit="run",
                                   desc=f"compare on {dataset}", file=sys.stderr,
                                   dynamic_ncols=True) as bar:
@@ -594,12 +611,12 @@ def _mean_health(healths):
             for k in healths[0]}
 
 
-def build_report(dataset, models, lr_grid, seeds, records, protocol, command):
+def build_report(dataset, models, grids, seeds, records, protocol, command):
     """The comparison as one dict: the protocol, and per model its selected runs' figures (the
     mean over the split seeds, with their spread, where there are several)."""
     entries = {}
     for model in models:
-        by_lr = {lr: [records[model, lr, seed] for seed in seeds] for lr in lr_grid}
+        by_lr = {lr: [records[model, lr, seed] for seed in seeds] for lr in grids[model]}
         lr = select_learning_rate(by_lr)
         chosen = by_lr[lr]
         results = [run["result"] for run in chosen]
@@ -647,7 +664,8 @@ def build_report(dataset, models, lr_grid, seeds, records, protocol, command):
             "ranking": describe_ranking(protocol),
             "epoch_budget": {"epochs": protocol["epochs"], "stopping_step": protocol["stopping_step"],
                              "early_stopping_on": protocol["valid_metric"]},
-            "lr_grid": lr_grid,
+            "lr_grid": _unique([lr for grid in grids.values() for lr in grid]),
+            "lr_grids": grids,
             "lr_selection": f"per model, the grid value with the best (mean) validation {protocol['valid_metric']}",
             "split_seeds": seeds if seeds != [None] else None,
             "user_splits": splits or None,
@@ -794,9 +812,16 @@ def _users_line(splits):
 
 def format_markdown(report):
     p = report["protocol"]
+    grids = p.get("lr_grids") or {}
+
+    def braces(values):
+        return "{" + ", ".join(f"{v:g}" for v in values) + "}"
+
+    lr_text = (braces(p["lr_grid"]) if len({tuple(g) for g in grids.values()}) <= 1 else
+               "its grid (" + "; ".join(f"{m} {braces(g)}" for m, g in grids.items()) + ")")
     budget = p["epoch_budget"]
-    grid = list(next(iter(report["models"].values()))["lr_grid_valid"])
-    lr_rows = [[name, *(f"{m['lr_grid_valid'][lr]:.4f}" for lr in grid)]
+    grid = [f"{lr:g}" for lr in p["lr_grid"]]
+    lr_rows = [[name, *(f"{m['lr_grid_valid'][lr]:.4f}" if lr in m["lr_grid_valid"] else "-" for lr in grid)]
                for name, m in report["models"].items()]
     return "\n".join([
         f"# Comparison on {report['dataset']}",
@@ -813,8 +838,7 @@ def format_markdown(report):
             f"train batch {p['train_batch_size']}",
             f"epoch budget {budget['epochs']}, early stopping after {budget['stopping_step']} "
             f"evaluations without a better validation {budget['early_stopping_on']}",
-            f"learning rate per model from {{{', '.join(f'{v:g}' for v in p['lr_grid'])}}}, "
-            f"picked on validation {p['valid_metric']}",
+            f"learning rate per model from {lr_text}, picked on validation {p['valid_metric']}",
             f"device {p['device']}",
         ]) + ".",
         "",

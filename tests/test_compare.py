@@ -110,6 +110,17 @@ def test_bad_lr_grid_is_a_user_error(text):
         parse_lr_grid(text)
 
 
+def test_lr_grid_per_model():
+    from recbole_mind.compare import parse_lr_grid as grids
+
+    assert grids("0.003,SINE=0.001", ["MIND", "SINE"]) == {"MIND": [0.003], "SINE": [0.001]}
+    assert grids("SINE=0.001,MIND=0.003,MIND=0.001", ["MIND", "SINE"]) == {"MIND": [0.003, 0.001], "SINE": [0.001]}
+    with pytest.raises(UserError, match="gives no learning rate for MIND"):
+        grids("SINE=0.001", ["MIND", "SINE"])
+    with pytest.raises(UserError, match="names GRU4Rec"):
+        grids("0.001,GRU4Rec=0.01", ["MIND"])
+
+
 def test_lr_grid_parsing():
     assert parse_lr_grid("0.001, 0.003,0.001") == [0.001, 0.003]
 
