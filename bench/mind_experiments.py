@@ -87,6 +87,8 @@ def run_one(args, overrides, model=None, config_files=None):
         "tag": args.tag, "model": model if isinstance(model, str) else model.__name__, "dataset": args.dataset, "overrides": overrides,
         "resolved": resolved,
         "valid": result["best_valid_result"], "test": result["test_result"],
+        "interest_health": result.get("interest_health"),
+        "split": {k: v for k, v in result["split"].items() if not k.endswith("_users")} if "split" in result else None,
         "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
         "train_s_per_epoch": round(result["train_s_per_epoch"], 2), "eval_s": round(result["eval_s"], 3),
         "wall_s": round(time.time() - started, 1), "threads": args.threads,
@@ -133,8 +135,10 @@ def append_record(log, record):
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+    health = record.get("interest_health") or {}
     print(json.dumps({k: record[k] for k in ("tag", "epochs_run", "best_epoch", "train_s_per_epoch")}),
-          {m: round(record["test"][m], 4) for m in METRICS})
+          {m: round(v, 4) for m, v in record["test"].items() if m in METRICS or "@50" in m},
+          {k: None if v is None else round(v, 3) for k, v in health.items()})
 
 
 if __name__ == "__main__":

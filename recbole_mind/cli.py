@@ -14,7 +14,8 @@ from dataclasses import fields
 import yaml
 
 from recbole_mind import compare, explain, export, retrieve, train, tune
-from recbole_mind.checkpoint import restore
+from recbole_mind.categories import GENRE_FIELDS, item_categories, item_header
+from recbole_mind.checkpoint import load_checkpoint, restore
 from recbole_mind.config import DEFAULT_DATASET
 from recbole_mind.errors import UserError
 
@@ -83,6 +84,9 @@ def build_parser():
                             "RecBole's topk, e.g. --topk=[10,20]")
     group.add_argument("--index", choices=retrieve.INDEX_TYPES, default="flat", help="faiss index (default flat, exact)")
     group.add_argument("--output", metavar="PATH", default="recs.csv", help="recommendations CSV (default recs.csv)")
+    group.add_argument("--diversity_lambda", type=float, default=0.0, metavar="LAMBDA",
+                       help="re-rank each user's merged candidates for category diversity (ComiRec's "
+                            "greedy aggregation; default 0: by score)")
     group.add_argument("--keep_history", action="store_true",
                        help="allow items the user already interacted with (default: removed)")
     defaults = retrieve.IndexParams()
@@ -156,13 +160,23 @@ def run_retrieve_or_export(args, overrides):
         value = getattr(params, field.name)
         if field.type is int and value is not None and value < 1:
             raise UserError(f"--{field.name} must be >= 1, got {value}")
-    restored = restore(args.checkpoint, "MIND", overrides.get("data_path"), purpose="retrieval and export")
+    if args.diversity_lambda < 0:
+        raise UserError(f"--diversity_lambda must be >= 0, got {args.diversity_lambda}")
+    field = None
+    if args.diversity_lambda:  # categories: the .item genre field where there is one
+        saved = load_checkpoint(args.checkpoint)["config"]
+        folder = os.path.join(overrides["data_path"], saved["dataset"]) if "data_path" in overrides else saved["data_path"]
+        field = next((f for f in GENRE_FIELDS if f in item_header(folder, saved["dataset"])), None)
+    restored = restore(args.checkpoint, "MIND", overrides.get("data_path"), item_fields=[field] if field else (),
+                       purpose="retrieval and export")
+    labels = item_categories(restored.dataset, field)[0] if args.diversity_lambda else None
     if args.export:
         export.export_user_tower(restored.model, restored.dataset, args.export)
         print(f"exported the user tower to {args.export}")
     if args.retrieve:
         users, items, scores = retrieve.retrieve_for_dataset(restored.model, restored.dataset, topn, args.index,
-                                                             params, exclude_history=not args.keep_history)
+                                                             params, exclude_history=not args.keep_history,
+                                                             labels=labels, lam=args.diversity_lambda)
         n_rows = retrieve.write_recommendations(args.output, restored.dataset, users, items, scores)
         print(f"wrote {n_rows} recommendations for {len(users)} users to {args.output} "
               f"(index {args.index}, top {topn})")

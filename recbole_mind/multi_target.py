@@ -111,14 +111,18 @@ class MultiTargetEvalLoader(FullSortEvalDataLoader):
         })
         super().__init__(config, dataset.copy(rows), None, shuffle=False)
 
+    def input_items(self, interaction):
+        """(rows, items) of each row's input sequence: what the protocol removes from its ranking."""
+        seq = interaction[self._dataset.item_id_list_field]
+        rows, columns = torch.nonzero(seq > 0, as_tuple=True)
+        return rows, seq[rows, columns]
+
     def collate_fn(self, index):
         index = np.array(index)
         interaction = self.transform(self._dataset, self._dataset[index])
-        seq = interaction[self._dataset.item_id_list_field]
-        history_rows, history_items = torch.nonzero(seq > 0, as_tuple=True)
         positive_u, column = torch.nonzero(self.targets[index] > 0, as_tuple=True)
         positive_i = self.targets[index][positive_u, column]
-        return interaction, (history_rows, seq[history_rows, history_items]), positive_u, positive_i
+        return interaction, self.input_items(interaction), positive_u, positive_i
 
 
 Prepared = namedtuple("Prepared", "dataset train_data valid_data test_data split")

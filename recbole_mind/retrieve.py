@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from recbole_mind.data import user_histories
+from recbole_mind.diversify import greedy_rerank
 from recbole_mind.errors import UserError
 from recbole_mind.files import atomic_write
 
@@ -256,7 +257,7 @@ def merge_candidates(interests, mask, item_vectors, candidates, topn, chunk=2048
 
 
 def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, exclude=None,
-             built_index=None):
+             built_index=None, labels=None, lam=0.0):
     """Top-``topn`` items per user by max-interest score through a faiss index.
 
     Args:
@@ -265,6 +266,8 @@ def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, 
         index: one of ``INDEX_TYPES`` (ignored when ``built_index`` is given).
         exclude: sorted keys (query row, item) from :func:`recbole_mind.data.history_keys`, or ``None``.
         built_index: reuse an index made by :func:`build_index` over ``item_vectors[1:]``.
+        labels, lam: with ``lam`` > 0, the merged candidates are re-ranked greedily for category
+            diversity (:func:`recbole_mind.diversify.greedy_rerank`, categories ``labels``).
 
     Returns:
         (items int64 [U, topn], scores float32 [U, topn]); -1 / -inf pad short lists.
@@ -280,7 +283,14 @@ def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, 
     labels_to_items = np.arange(1, n_items, dtype=np.int64)
     candidates = search_interests(faiss_index, labels_to_items, interests, np.asarray(mask, dtype=bool),
                                   topn, n_items, exclude=exclude, oversample=params.oversample)
-    return merge_candidates(interests, mask, item_vectors, candidates, topn)
+    if not lam:
+        return merge_candidates(interests, mask, item_vectors, candidates, topn)
+    items, scores = merge_candidates(interests, mask, item_vectors, candidates,
+                                     candidates.shape[1] * candidates.shape[2])
+    picks = greedy_rerank(torch.as_tensor(items), torch.as_tensor(scores), labels, topn, lam).numpy()
+    position = np.argmax(items[:, None, :] == picks[:, :, None], axis=2)  # each pick's place in items
+    picked_scores = np.where(picks >= 0, np.take_along_axis(scores, position, axis=1), -np.inf)
+    return picks, picked_scores.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- model side
@@ -299,7 +309,8 @@ def user_interests(model, users, item_seq, item_seq_len, batch_size=4096):
 
 
 @torch.no_grad()
-def retrieve_for_dataset(model, dataset, topn=50, index="flat", params=None, exclude_history=True):
+def retrieve_for_dataset(model, dataset, topn=50, index="flat", params=None, exclude_history=True,
+                         labels=None, lam=0.0):
     """Recommendations for every user of ``dataset`` with at least two interactions.
 
     Returns:
@@ -309,7 +320,7 @@ def retrieve_for_dataset(model, dataset, topn=50, index="flat", params=None, exc
     interests, mask = user_interests(model, users, item_seq, item_seq_len)
     item_vectors = model.item_vectors().float().numpy()
     items, scores = retrieve(interests, mask, item_vectors, topn, index, params,
-                             exclude=history if exclude_history else None)
+                             exclude=history if exclude_history else None, labels=labels, lam=lam)
     return users, items, scores
 
 

@@ -17,6 +17,7 @@ from recbole_mind.categories import genre_field
 from recbole_mind.checkpoint import check_matches, load_checkpoint
 from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, build_config, resolve_model
 from recbole_mind.data import check_data, load_data
+from recbole_mind.diversify import diversified
 from recbole_mind.errors import UserError
 from recbole_mind.explain import interest_health
 from recbole_mind.model import MIND
@@ -85,21 +86,28 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         # score but not its metrics, and fit returns None for them. The best model is the
         # checkpoint itself (resume_checkpoint made it trainer.saved_model_file): re-evaluate it.
         best_valid_result = trainer.evaluate(valid_data, load_best_model=saved, show_progress=config["show_progress"])
-    started = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-    eval_s = time.perf_counter() - started
     extra = {}
+    is_multi_target = config["eval_protocol"] == multi_target.NAME
+    lam = float(config["diversity_lambda"] or 0) if is_multi_target else 0.0
+    if is_multi_target:
+        labels, extra["diversity_categories"] = multi_target.categories(config, dataset, train_data)
+        extra["split"] = test_data.split
+    if lam:  # the test lists re-ranked for diversity (diversify.py); validation ranked by score
+        ranking = diversified(trainer.model, labels, lam, max(config["topk"]), exclude=test_data.input_items)
+    else:
+        ranking = contextlib.nullcontext()
+    with ranking:
+        started = time.perf_counter()
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        eval_s = time.perf_counter() - started
+        if is_multi_target:
+            test_result.update(multi_target.list_metrics(trainer.model, test_data, labels, config["topk"],
+                                                         config["device"]))
     if test_history_excluded:
         with history_excluded(trainer.model):
             masked = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
         extra["test_result_history_excluded"] = {k: float(v) for k, v in masked.items()}
         logger.info(f"test result, input sequence excluded: {dict(masked)}")
-
-    if config["eval_protocol"] == multi_target.NAME:
-        labels, described = multi_target.categories(config, dataset, train_data)
-        test_result.update(multi_target.list_metrics(trainer.model, test_data, labels, config["topk"], config["device"]))
-        extra["split"] = test_data.split
-        extra["diversity_categories"] = described
     if isinstance(trainer.model, MIND):
         extra["interest_health"] = interest_health(trainer.model, dataset, test_data, genre_field(config, dataset))
         logger.info(f"interest health: {extra['interest_health']}")

@@ -224,3 +224,37 @@ def test_bare_topk_is_still_a_recbole_override(tiny_config):
                                      + [f"--{k}={v}" for k, v in tiny_config.items() if k != "topk"])
     result = cli.run_from_args(args, overrides)
     assert set(result["test_result"]) == {f"{m}@3" for m in ("recall", "mrr", "ndcg", "hit")}
+
+
+def test_diversity_lambda_reranks_the_retrieved_lists(trained, tmp_path):
+    """λ = 0 is the plain retrieval; a large λ returns the greedy re-ranking of the same merged
+    candidates (diversify.greedy_rerank), scored by their exact max-interest scores."""
+    from recbole_mind.diversify import greedy_rerank
+
+    labels = torch.eye(4)[torch.arange(trained["item_vectors"].shape[0]) % 4]
+    plain = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"], 5, "flat")
+    zero = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"], 5, "flat",
+                             labels=labels, lam=0.0)
+    assert np.array_equal(plain[0], zero[0])
+    items, scores = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"], 5, "flat",
+                                      labels=labels, lam=100.0)
+    vectors = trained["item_vectors"]
+    index = retrieve.build_index(vectors[1:], "flat")
+    candidates = retrieve.search_interests(index, np.arange(1, len(vectors)), trained["interests"],
+                                           trained["mask"], 5, len(vectors))
+    merged = retrieve.merge_candidates(trained["interests"], trained["mask"], vectors, candidates,
+                                       candidates.shape[1] * candidates.shape[2])
+    expected = greedy_rerank(torch.as_tensor(merged[0]), torch.as_tensor(merged[1]), labels, 5, 100.0).numpy()
+    assert np.array_equal(items, expected)
+    for row, pool in zip(items, merged[0]):  # a huge λ spans every category the candidates have
+        assert len({int(i) % 4 for i in row if i > 0}) == min(4, len({int(i) % 4 for i in pool if i > 0}))
+    score_of = [dict(zip(i.tolist(), s.tolist())) for i, s in zip(*merged)]
+    assert all(scores[r, c] == pytest.approx(score_of[r][int(items[r, c])])
+               for r in range(len(items)) for c in range(items.shape[1]) if items[r, c] > 0)
+
+
+def test_cli_retrieve_with_diversity_lambda(trained, tiny_root, tmp_path):
+    out = tmp_path / "diverse.csv"
+    assert cli.main(["--retrieve", "--checkpoint", trained["path"], "--topk", "5", "--diversity_lambda", "0.5",
+                     "--output", str(out), f"--data_path={tiny_root}"]) == 0
+    assert out.read_text().startswith("user_id,rank,item_id,score")
