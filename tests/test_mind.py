@@ -605,3 +605,17 @@ def test_interest_residual_adds_the_routing_weighted_item_vectors(tiny_config, w
         with_table, _ = model(seq, seq_len, table=model.item_vectors())
         torch.testing.assert_close(with_table, interests)
 
+
+
+def test_attention_sampling_draws_interests_by_their_softmax_in_training_only():
+    interests = torch.eye(3).unsqueeze(0).expand(4000, -1, -1).contiguous()  # interest j = e_j
+    label = torch.tensor([[0.3, 0.1, -0.2]]).expand(4000, -1)
+    mask = torch.tensor([[True, True, False]]).expand(4000, -1)  # the third is inactive
+    attention = LabelAwareAttention(math.inf, sample_temperature=0.1)
+    torch.manual_seed(0)
+    picked = attention(interests, label, mask).argmax(dim=1)
+    expected = torch.softmax(torch.tensor([0.3, 0.1]) / 0.1, dim=0)
+    share = torch.bincount(picked, minlength=3).float() / len(picked)
+    assert share[2] == 0 and abs(share[0] - expected[0]) < 0.03
+    attention.eval()
+    assert torch.equal(attention(interests, label, mask).argmax(dim=1), torch.zeros(4000, dtype=torch.long))

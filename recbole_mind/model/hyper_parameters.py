@@ -60,7 +60,7 @@ KEYS = {
     "routing_iterations": int, "routing_init_std": float, "routing_init": str,
     "behaviour_window": int, "recency_gain": _boolean, "routing_softmax_axis": str,
     "routing_seed": int, "hidden_layers": int, "interest_residual": _boolean,
-    "normalize_vectors": _boolean, "attention_power": float, "temperature": float,
+    "normalize_vectors": _boolean, "attention_power": float, "attention_sampling": _boolean, "temperature": float,
     "exclude_history": _boolean, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
     "item_features": _names,

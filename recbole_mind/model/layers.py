@@ -179,14 +179,22 @@ class LabelAwareAttention(nn.Module):
 
     pow is sign-preserving: sign(s) |s|^p. It is computed as sign(s) exp(p log |s|) in float64
     with the exponent capped, so no p overflows or gives NaN; p = inf is hard attention.
+    With ``sample_temperature`` (not in the paper; BaM, Lee et al. 2024), training instead picks
+    one interest at random with probability softmax_j(v_u^j . e_i / tau), so an interest that
+    explains the label a little less still gets its gradient; evaluation is unchanged.
     """
 
-    def __init__(self, power):
+    def __init__(self, power, sample_temperature=None):
         super().__init__()
         self.power = float(power)
+        self.sample_temperature = sample_temperature
 
     def forward(self, interests, label_emb, interest_mask):
         scores = torch.einsum("bkd,bd->bk", interests, label_emb)
+        if self.sample_temperature and self.training:
+            logits = (scores / self.sample_temperature).masked_fill(~interest_mask, float("-inf"))
+            picked = torch.multinomial(torch.softmax(logits.detach().float(), dim=-1), 1).squeeze(1)
+            return interests[torch.arange(interests.size(0), device=interests.device), picked]
         if math.isinf(self.power):
             best = scores.masked_fill(~interest_mask, float("-inf")).argmax(dim=-1)
             return interests[torch.arange(interests.size(0), device=interests.device), best]

@@ -73,7 +73,8 @@ class MIND(SequentialRecommender):
         if self.recency_gain:
             # log g_t for t = 0 (the most recent behaviour) .. L-1; zero: every gain 1, the paper
             self.recency_log_gain = nn.Parameter(torch.zeros(self.max_seq_length))
-        self.attention = LabelAwareAttention(hp.attention_power)
+        self.attention = LabelAwareAttention(hp.attention_power,
+                                             self.temperature if hp.attention_sampling else None)
         if self.loss_type == "BPR":
             self.bpr_loss = BPRLoss()
         if self.loss_type == "SSM":
