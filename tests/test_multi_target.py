@@ -220,3 +220,14 @@ def test_diversity_lambda_reranks_the_test_lists(tiny_config):
     spread = run("MIND", "tiny", config_dict=base | {"diversity_lambda": 10.0})["test_result"]
     assert spread["diversity@10"] > plain["diversity@10"]
     assert spread != plain
+
+
+def test_diversity_curve_at_lambda_zero_is_the_runs_own_test(tiny_config, tmp_path):
+    from bench.diversity_curve import curve, write
+
+    result = run("MIND", "tiny", config_dict=tiny_config | PROTOCOL | {"epochs": 2})
+    points, described, n = curve(result["saved_model_file"], [0.0, 10.0])
+    assert points[0.0] == pytest.approx(result["test_result"], abs=1e-4)
+    assert points[10.0]["diversity@10"] > points[0.0]["diversity@10"]
+    write({"a": points}, described, n, str(tmp_path / "curve"), "cmd")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and "| 10 |" in (tmp_path / "curve.md").read_text()
