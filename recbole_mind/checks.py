@@ -79,6 +79,32 @@ def check_atomic_file(path, separator="\t", required=()):
     return fields
 
 
+def check_interactions(config, path, separator, columns):
+    """The .inter file has interactions, no empty user or item id, a user with enough of them for
+    the protocol to train on, and at least as many items as the largest topk."""
+    frame = pd.read_csv(path, sep=separator, usecols=list(columns.values()), dtype=str, keep_default_na=False)
+    if not len(frame):
+        raise UserError(f"{path} has a header but no interactions: add one line per (user, item) interaction")
+    for name, column in columns.items():
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            raise UserError(f"{path}: line {empty[0] + 2} has an empty {name}: fill it in or remove the line")
+    user, item = columns[config["USER_ID_FIELD"]], columns[config["ITEM_ID_FIELD"]]
+    most = int(frame[user].value_counts().max())
+    needed = 2 if config["eval_protocol"] == "multi_target" else 4
+    if most < needed:
+        why = ("the multi-target protocol needs users with an input and a target" if needed == 2 else
+               "leave-one-out tests on a user's last item, validates on the one before and trains on "
+               "predicting the earlier ones from the first: four at least")
+        raise UserError(f"{path}: no user has more than {most} interaction{'s' * (most > 1)}, too few to "
+                        f"train and evaluate ({why}): use data with longer user histories")
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    items = frame[item].nunique()
+    if max(topk) > items:
+        raise UserError(f"topk {topk} asks for {max(topk)} items but {path} has {items}: lower topk, e.g. "
+                        f"--topk=[{min(10, items)}]")
+
+
 def check_dataset_files(config, features=None):
     """The dataset's .inter (and any .user/.item RecBole will read) are well-formed, and hold
     ``features`` ({"user": [...], "item": [...]}, MIND's profile and side features)."""
@@ -89,7 +115,8 @@ def check_dataset_files(config, features=None):
     if not os.path.isfile(inter):
         raise UserError(f"no {name}.inter in {folder}: put the dataset's RecBole atomic files there")
     required = [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]]
-    check_atomic_file(inter, separator, required)
+    fields = check_atomic_file(inter, separator, required)
+    check_interactions(config, inter, separator, {name: f"{name}:{fields[name]}" for name in required})
     for suffix, id_field in (("user", "USER_ID_FIELD"), ("item", "ITEM_ID_FIELD")):
         path = os.path.join(folder, f"{name}.{suffix}")
         fields = check_atomic_file(path, separator, [config[id_field]]) if os.path.isfile(path) else {}

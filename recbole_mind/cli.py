@@ -33,6 +33,9 @@ def build_parser():
     parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
                         help="continue an interrupted run from the checkpoint it saved (RecBole's resume)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own count, but never more than the cores "
+                             "left free by other jobs; --compare: torch's own count per run)")
 
     group = parser.add_argument_group("comparison (--compare)")
     group.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
@@ -44,9 +47,6 @@ def build_parser():
     group.add_argument("--rerun", action="store_true", help="train every run again even if its result file exists")
     group.add_argument("--no_report", action="store_true",
                        help="only train the missing runs (one piece of a comparison); write no report")
-    group.add_argument("--torch_threads", type=int, default=None,
-                       help="torch CPU threads per run (default: torch's own choice); on a machine "
-                            "shared with other jobs 1 avoids threads spinning against each other")
     group.add_argument("--time_budget", type=float, default=None, metavar="HOURS",
                        help="stop before an epoch that would end after HOURS and exit with status "
                             "75; the same command continues from the last finished epoch")
@@ -113,9 +113,30 @@ def parse_args(argv):
     return args, overrides
 
 
+def free_cores():
+    """Cores this process may use that other jobs do not keep busy (the 1-minute load average)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, cores - int(busy + 0.5))
+
+
+def set_threads(requested):
+    """torch's thread count: ``requested``, or torch's own choice capped at the free cores (two
+    jobs each running all-core torch on a shared machine spin against each other, several times
+    slower than one thread each)."""
+    import torch
+
+    if requested is not None and requested < 1:
+        raise UserError(f"--torch_threads must be 1 or more, got {requested}")
+    torch.set_num_threads(requested or min(torch.get_num_threads(), free_cores()))
+    return torch.get_num_threads()
+
+
 def run_from_args(args, overrides):
     if "dataset" in overrides or "model" in overrides:
         raise UserError("give the dataset and model as --dataset NAME and --model NAME")
+    if not args.compare:  # a comparison sets each run's threads in its own process
+        set_threads(args.torch_threads)
     config_files = args.config_files.split() if args.config_files else None
     dataset = args.dataset or DEFAULT_DATASET
     if args.compare:
@@ -220,7 +241,8 @@ def format_result(result):
     return "\n".join([
         f"{result['model']} on {result['dataset']}: {result['epochs_run']} epochs, best at epoch "
         f"{result['best_epoch']}, {result['train_s_per_epoch']:.2f} s per training epoch, "
-        f"test evaluation {result['eval_s']:.2f} s",
+        f"test evaluation {result['eval_s']:.2f} s, {result['torch_threads']} torch thread"
+        + ("s" if result["torch_threads"] != 1 else ""),
         f"best valid: {metrics(result['best_valid_result'])}",
         f"test:       {metrics(result['test_result'])}",
     ])

@@ -10,6 +10,8 @@ import os
 import time
 from logging import getLogger
 
+import torch
+
 from recbole.utils import init_logger, init_seed
 
 from recbole_mind import multi_target
@@ -128,6 +130,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "eval_s": eval_s,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "version": __version__,
+        "torch_threads": torch.get_num_threads(),
         **extra,
     }
 

@@ -89,3 +89,24 @@ def test_the_paper_model_runs_from_its_one_file(tiny_config, capsys):
     argv = ["--config_files", str(properties.MIND_PAPER), "--dataset", "tiny", *_cli_args(tiny_config)]
     assert main(argv) == 0
     assert "MIND on tiny: 1 epochs" in capsys.readouterr().out
+
+
+def test_threads_default_never_exceeds_the_free_cores(monkeypatch):
+    import pytest
+
+    from recbole_mind import cli
+    from recbole_mind.errors import UserError
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(cli, "free_cores", lambda: 1)  # the other core is busy
+        assert cli.set_threads(None) == 1
+        assert cli.set_threads(2) == 2  # asked for explicitly
+        monkeypatch.setattr(cli, "free_cores", lambda: 8)
+        torch.set_num_threads(2)
+        assert cli.set_threads(None) == 2  # never more than torch's own count
+        with pytest.raises(UserError, match="--torch_threads must be 1 or more"):
+            cli.set_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -266,3 +266,25 @@ def test_a_checkpoint_of_another_version_is_one_clear_line(capsys, tiny_config, 
                      ["--dataset", "tiny", *_args(tiny_config), "--resume", old]):
             line = _one_error_line(capsys, argv)
             assert said in line and f"this is recbole-mind {__version__}" in line, line
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([], "has a header but no interactions"),
+    ([(u, u, u) for u in range(1, 30)], "no user has more than 1 interaction, too few"),
+    ([(u, (u + k) % 20 + 1, 10 * u + k) for u in range(1, 30) for k in range(3)], "no user has more than 3 interactions"),
+    ([(1, 2, 1), (1, "", 2)] + [(2, k, k) for k in range(1, 6)], "line 3 has an empty item_id"),
+    ([(1, 2, 1), ("", 3, 2)] + [(2, k, k) for k in range(1, 6)], "line 3 has an empty user_id"),
+])
+def test_degenerate_interactions_are_one_line_before_logging(capsys, tmp_path, rows, expected):
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"] + ["\t".join(map(str, row)) for row in rows]
+    _write(str(tmp_path / "d" / "deg" / "deg.inter"), "\n".join(lines) + "\n")
+    os.chdir(tmp_path)
+    line = _one_error_line(capsys, ["--dataset", "deg", f"--data_path={tmp_path / 'd'}", "--topk=[5]",
+                                    "--valid_metric=NDCG@5", "--epochs=1"])
+    assert expected in line
+    assert not (tmp_path / "log").exists() and not (tmp_path / "saved").exists()  # nothing written
+
+
+def test_topk_larger_than_the_catalogue_is_one_line(capsys, tiny_config):
+    line = _one_error_line(capsys, ["--dataset", "tiny", *_args({**tiny_config, "topk": "[10,100]"})])
+    assert "topk [10, 100] asks for 100 items" in line and "has 40" in line
