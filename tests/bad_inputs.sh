@@ -21,6 +21,8 @@ run -m Nope
 for o in --interest_num=0 --routing_iterations=0 --attention_power=0 --embedding_size=0 --MAX_ITEM_LIST_LENGTH=0 --loss_type=XE "--loss_type=SSM --num_negatives=0" "--user_features=['shoe_size']" "--item_features=['shoe_size']"; do run $T $o; done
 run $T --resume gone.pth
 run $T --resume junk.pth
+mkdir -p d/short && printf "user_id:token\titem_id:token\ttimestamp:float\n1\t1\t1\n1\t2\t2\n1\t3\t3\n" > d/short/short.inter
+run --dataset short --data_path=d
 PYTHONPATH="$repo" python -c "
 import torch; torch.save({'state_dict': {}, 'config': {'model': 'MIND'}}, 'old.pth')"
 run --retrieve --checkpoint old.pth
