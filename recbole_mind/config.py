@@ -36,11 +36,14 @@ def resolve_model(model):
 
 
 def config_file_list(model_class, extra_files=None, protocol=None):
-    """run.yaml (shared protocol), the protocol's own yaml, MIND.yaml for MIND, then the user's
-    files (last wins)."""
+    """run.yaml (shared protocol), the protocol's own yaml, MIND.yaml for MIND and its preset for
+    the protocol (MIND-<protocol>.yaml, where one exists), then the user's files (last wins)."""
     files = [str(properties.RUN)] + ([str(PROTOCOLS[protocol])] if PROTOCOLS.get(protocol) else [])
     if model_class is MIND:
         files.append(str(properties.MIND))
+        preset = properties.FOLDER / f"MIND-{protocol}.yaml"
+        if protocol and preset.is_file():
+            files.append(str(preset))
     extra_files = [str(path) for path in extra_files or []]
     check_config_files(extra_files)
     return files + extra_files

@@ -73,7 +73,11 @@ def test_model_file_is_short_and_the_shipped_yaml_files_are_clean():
     lines = [line for line in properties.MIND.read_text().splitlines() if line and not line.startswith("#")]
     assert len(lines) == len(defaults) and all("# " in line for line in lines), "one commented line a key"
     paper = yaml.safe_load(properties.MIND_PAPER.read_text())
-    assert set(paper) <= set(defaults) and all(paper[k] != defaults[k] for k in paper)
+    preset = yaml.safe_load(properties.MIND_MULTI_TARGET.read_text())
+    assert set(paper) <= set(defaults) and set(preset) <= set(defaults)
+    # every key of the paper's file undoes a default or a protocol preset
+    assert all(paper[k] != defaults[k] or (k in preset and paper[k] != preset[k]) for k in paper)
+    assert all(k in paper for k in preset if preset[k] != defaults[k])  # the paper's model under any protocol
 
 
 def test_readme_is_a_manual_and_dataset_folder_exists():

@@ -231,3 +231,22 @@ def test_diversity_curve_at_lambda_zero_is_the_runs_own_test(tiny_config, tmp_pa
     assert points[10.0]["diversity@10"] > points[0.0]["diversity@10"]
     write({"a": points}, described, n, str(tmp_path / "curve"), "cmd")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and "| 10 |" in (tmp_path / "curve.md").read_text()
+
+
+def test_the_protocol_picks_minds_preset_and_leave_one_out_keeps_the_defaults(tiny_config):
+    import yaml
+
+    from recbole_mind import properties
+    from recbole_mind.model.hyper_parameters import read_hyper_parameters
+
+    preset = yaml.safe_load(properties.MIND_MULTI_TARGET.read_text())
+    multi = vars(read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | PROTOCOL)))
+    loo = vars(read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config)))
+    defaults = yaml.safe_load(properties.MIND.read_text())
+    assert all(multi[k] == v for k, v in preset.items())
+    assert all(loo[k] == defaults[k] for k in preset)
+    # the user's own settings and the paper's file still win over the preset
+    paper = build_config("MIND", "tiny", config_files=[properties.MIND_PAPER], config_dict=tiny_config | PROTOCOL)
+    assert vars(read_hyper_parameters(paper))["attention_sampling"] is False
+    own = build_config("MIND", "tiny", config_dict=tiny_config | PROTOCOL | {"behaviour_window": 3})
+    assert read_hyper_parameters(own).behaviour_window == 3

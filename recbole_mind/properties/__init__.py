@@ -8,4 +8,5 @@ RUN = FOLDER / "run.yaml"
 MIND = FOLDER / "MIND.yaml"
 MIND_PAPER = FOLDER / "MIND-paper.yaml"
 MULTI_TARGET = FOLDER / "multi_target.yaml"
+MIND_MULTI_TARGET = FOLDER / "MIND-multi_target.yaml"  # MIND's preset for that protocol
 HYPER = FOLDER / "hyper"
