@@ -807,7 +807,9 @@ def _users_line(splits):
     counts = [f"split {seed}: {v['users']['train']} / {v['users']['valid']} / {v['users']['test']} users"
               for seed, v in sorted(splits.items())]
     left = max(v["users"]["left_out_one_interaction"] + v["users"]["left_out_no_new_target"] for v in splits.values())
-    return f"train / valid / test users ({'; '.join(counts)}; at most {left} users left out: one interaction or no new target)"
+    left_out = (f"at most {left} users left out (one interaction, or no later item that is not in the input)"
+                if left else "no user left out")
+    return f"train / valid / test users ({'; '.join(counts)}; {left_out})"
 
 
 def format_markdown(report):
