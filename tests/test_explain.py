@@ -51,7 +51,7 @@ def planted_config(root, checkpoint_dir, epochs):
         "MAX_ITEM_LIST_LENGTH": 20, "embedding_size": 16, "interest_num": 2, "dynamic_interest": False,
         "show_progress": False, "state": "ERROR", "seed": 11, "topk": [5], "valid_metric": "NDCG@5",
         # the routing this test was written for, pinned so that changes of MIND.yaml's defaults
-        # (chosen for ranking quality, results/experiments.md) do not move it: with start logits
+        # (chosen for ranking quality, docs/experiments.md) do not move it: with start logits
         # of sigma 0.1 all interests start alike and separate the planted groups less (0.89)
         "routing_init_std": 1.0, "attention_power": 2.0, "exclude_history": False, "behaviour_window": 0,
         "interest_residual": False,  # interests = H(capsules), as test_health_... checks
