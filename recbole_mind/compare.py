@@ -539,7 +539,7 @@ class RunState:
         random.setstate(state["rng"]["random"])
         self.train_data.generator.set_state(state["rng"]["loader"])
         self.before = state["usage"]
-        getLogger().info(f"continuing from the state saved after epoch {state['epoch']}")
+        getLogger().info(f"continuing from the state saved after epoch {state['epoch'] + 1}")
 
 
 def worker(spec):
@@ -558,7 +558,7 @@ def worker(spec):
                            # multi_target removes each row's input for every model already
                            test_history_excluded=spec["protocol"]["eval_protocol"] == "leave_one_out")
     except _Paused as paused:
-        getLogger().info(f"paused after epoch {paused.args[0]}: the time budget is spent")
+        getLogger().info(f"paused after epoch {paused.args[0] + 1}: the time budget is spent")
         raise SystemExit(PAUSED_EXIT) from None
     record = {
         "model": spec["name"],

@@ -1,7 +1,9 @@
 """RecBole's trainer with what a plugin run needs: epoch timing, atomic checkpoints stamped with
 the package version, and a stop on any non-finite loss."""
 
+import logging
 import os
+import re
 import time
 
 import torch
@@ -10,6 +12,26 @@ from recbole.utils import get_trainer, set_color
 from recbole_mind.version import __version__
 
 VERSION_KEY = "recbole_mind_version"  # the checkpoint entry naming the version that wrote it
+
+
+class EpochsFromOne(logging.Filter):
+    """RecBole's log counts epochs from 0 ("epoch 0 training", "best eval result in epoch 10"),
+    the plugin's summaries, reports and errors from 1 (the best epoch of a run is "epoch 11"):
+    this rewrites RecBole's messages to count from 1 too, so every message names an epoch alike."""
+
+    PATTERN = re.compile(r"(epoch )(\d+)(?=\S* (?:training|evaluating))|"
+                         r"(best eval result in epoch )(\d+)|(Resume training from epoch )(\d+)")
+
+    @staticmethod
+    def _plus_one(match):
+        prefix = next(g for g in match.groups()[0::2] if g is not None)
+        number = next(g for g in match.groups()[1::2] if g is not None)
+        return f"{prefix}{int(number) + 1}"
+
+    def filter(self, record):
+        if isinstance(record.msg, str) and "epoch" in record.msg:
+            record.msg = self.PATTERN.sub(self._plus_one, record.msg)
+        return True
 
 
 class NonFiniteLoss(Exception):
@@ -25,6 +47,9 @@ class PluginTrainerMixin:
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        root = logging.getLogger()  # RecBole logs through the root logger
+        if not any(isinstance(f, EpochsFromOne) for f in root.filters):
+            root.addFilter(EpochsFromOne())
         self.epoch_seconds = []
         self.last_epoch = self.start_epoch - 1
 

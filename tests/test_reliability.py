@@ -3,6 +3,7 @@ MIND under RecBole's evaluation settings."""
 
 import logging
 import os
+import re
 
 import pytest
 import torch
@@ -288,3 +289,16 @@ def test_degenerate_interactions_are_one_line_before_logging(capsys, tmp_path, r
 def test_topk_larger_than_the_catalogue_is_one_line(capsys, tiny_config):
     line = _one_error_line(capsys, ["--dataset", "tiny", *_args({**tiny_config, "topk": "[10,100]"})])
     assert "topk [10, 100] asks for 100 items" in line and "has 40" in line
+
+
+def test_every_log_line_counts_epochs_from_one(tiny_config, caplog):
+    """RecBole's own lines count from 0; the plugin's summary from 1: the log says it one way."""
+    caplog.set_level(logging.INFO)
+    result = run("MIND", "tiny", config_dict={**tiny_config, "epochs": 8, "stopping_step": 1, "state": "INFO"})
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "epoch 0 " not in text and "epoch 1 training" in text and "epoch 1 evaluating" in text
+    trained = [int(n) for n in re.findall(r"epoch (\d+)\S* training", text)]
+    assert trained == list(range(1, result["epochs_run"] + 1))
+    best = re.search(r"best eval result in epoch (\d+)", text)
+    if best:  # logged when training stops early
+        assert int(best.group(1)) == result["best_epoch"]
