@@ -116,3 +116,13 @@ def test_hyperopt_imports_without_pkg_resources():
     assert atpe.pkg_resources.resource_string(atpe.__name__, "atpe_models/scaling_model.json")
     if getattr(atpe.pkg_resources, "__file__", None) is None:  # the stand-in, not a real one
         assert sys.modules.get("pkg_resources") is not atpe.pkg_resources
+
+
+def test_tuning_under_the_multi_target_protocol(tuning_config, tmp_path):
+    config, _ = tuning_config
+    config.update({"eval_protocol": "multi_target", "topk": [5, 10], "valid_metric": "Recall@10"})
+    summary = tune.tune("MIND", "tiny", _space(tmp_path, "interest_num choice [1,2]\n"), config_dict=config,
+                        max_evals=2, output_file=str(tmp_path / "mt.result"), display=False)
+    assert len(summary["trials"]) == 2
+    assert all("diversity@10" in t["test_result"] and t["split"]["users"]["test"] > 0 for t in summary["trials"])
+    assert set(summary["best_valid_result"]) >= {"recall@10", "ndcg@10", "hit@10"}
