@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from recbole_mind import retrieve  # noqa: E402  (importing the package applies its stack fixes first)
 from recbole_mind.checkpoint import load_checkpoint, restore  # noqa: E402
-from recbole_mind.data import user_histories  # noqa: E402
+from recbole_mind.histories import user_histories  # noqa: E402
 
 TOPN = 50
 K = 4

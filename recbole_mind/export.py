@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recbole_mind.files import atomic_write
-from recbole_mind.data import user_histories
+from recbole_mind.histories import user_histories
 
 
 class UserTower(nn.Module):

@@ -26,6 +26,7 @@ from recbole.data.utils import create_samplers
 
 from recbole_mind.categories import diversity, genre_field, item_categories
 from recbole_mind.errors import UserError
+from recbole_mind.histories import full_histories
 
 NAME = "multi_target"
 SPLIT_SHARES = (0.8, 0.1, 0.1)  # train, valid, test users
@@ -40,22 +41,6 @@ def split_users(users, seed):
     picked = users[order]
     return (np.sort(picked[:n_train]), np.sort(picked[n_train:n_train + n_valid]),
             np.sort(picked[n_train + n_valid:]))
-
-
-def full_histories(dataset):
-    """(users [U], lengths [U], items): every user's whole time-ordered history, rebuilt from
-    RecBole's augmented rows (a user's rows are its targets in time order; the first row's list
-    starts with the first item), ``items`` concatenated user after user. Users with a single
-    interaction have no row and are left out."""
-    feat = dataset.inter_feat
-    uid = feat[dataset.uid_field].numpy()
-    order = np.argsort(uid, kind="stable")  # rows are in time order within a user
-    uid = uid[order]
-    target = feat[dataset.iid_field].numpy()[order]
-    first = feat[dataset.item_id_list_field].numpy()[order][:, 0]
-    starts = np.flatnonzero(np.r_[True, uid[1:] != uid[:-1]])
-    lengths = np.diff(np.r_[starts, len(uid)]) + 1
-    return uid[starts], lengths, np.insert(target, starts, first[starts])
 
 
 def evaluation_rows(histories, users, max_len, n_items):

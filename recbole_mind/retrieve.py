@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recbole_mind.data import user_histories
+from recbole_mind.histories import user_histories
 from recbole_mind.diversify import greedy_rerank
 from recbole_mind.errors import UserError
 from recbole_mind.files import atomic_write
@@ -184,7 +184,7 @@ def search_interests(index, labels_to_items, interests, mask, topn, n_items, exc
         index: faiss index whose label r is item ``labels_to_items[r]``.
         labels_to_items: int64 [n_indexed].
         interests: float32 [U, K, d]; mask: bool [U, K] (only active rows are searched).
-        exclude: sorted keys from :func:`recbole_mind.data.history_keys` over (query row u, item) or ``None``.
+        exclude: sorted keys from :func:`recbole_mind.histories.history_keys` over (query row u, item) or ``None``.
 
     Returns:
         int64 [U, K, keep] candidate items (-1 where none), in the index's rank order.
@@ -264,7 +264,7 @@ def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, 
         interests: float32 [U, K, d] interest vectors; mask: bool [U, K] active interests.
         item_vectors: float32 [n_items, d]; row 0 is the padding item and is never returned.
         index: one of ``INDEX_TYPES`` (ignored when ``built_index`` is given).
-        exclude: sorted keys (query row, item) from :func:`recbole_mind.data.history_keys`, or ``None``.
+        exclude: sorted keys (query row, item) from :func:`recbole_mind.histories.history_keys`, or ``None``.
         built_index: reuse an index made by :func:`build_index` over ``item_vectors[1:]``.
         labels, lam: with ``lam`` > 0, the merged candidates are re-ranked greedily for category
             diversity (:func:`recbole_mind.diversify.greedy_rerank`, categories ``labels``).

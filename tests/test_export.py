@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from recbole_mind import checkpoint, cli, data, train
+from recbole_mind import checkpoint, cli, histories, train
 from recbole_mind.export import load_user_tower
 
 
@@ -20,7 +20,7 @@ def test_exported_tower_equals_the_eager_model(tiny_config, tmp_path):
 
     restored = checkpoint.restore(result["saved_model_file"])
     dataset, model = restored.dataset, restored.model
-    users, item_seq, item_seq_len, _ = data.user_histories(dataset, model.max_seq_length)
+    users, item_seq, item_seq_len, _ = histories.user_histories(dataset, model.max_seq_length)
     inputs = (torch.as_tensor(item_seq), torch.as_tensor(item_seq_len), torch.as_tensor(users))
     tower = load_user_tower(path)
     with torch.no_grad():

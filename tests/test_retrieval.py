@@ -9,7 +9,7 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_mind import checkpoint, cli, data, retrieve, train
+from recbole_mind import checkpoint, cli, histories, retrieve, train
 from recbole_mind.errors import UserError
 
 TOPN = 10
@@ -33,7 +33,7 @@ def trained(tiny_root, tmp_path_factory):
             "dynamic_interest": True,
         })
         config, dataset, _, _, _, model = checkpoint.restore(result["saved_model_file"])
-    users, item_seq, item_seq_len, history = data.user_histories(dataset, model.max_seq_length)
+    users, item_seq, item_seq_len, history = histories.user_histories(dataset, model.max_seq_length)
     interests, mask = retrieve.user_interests(model, users, item_seq, item_seq_len)
     return {
         "path": result["saved_model_file"], "dataset": dataset, "model": model, "users": users,
