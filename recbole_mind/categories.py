@@ -92,10 +92,15 @@ def item_categories(dataset, field=None, users=None, items=None, seed=0):
         users = dataset.inter_feat[dataset.uid_field].numpy()
         items = dataset.inter_feat[dataset.iid_field].numpy()
     cluster = cooccurrence_clusters(users, items, dataset.user_num, dataset.item_num, seed=seed)
-    labels = torch.zeros(dataset.item_num, CLUSTERS)
+    return cluster_labels(cluster), f"{CLUSTERS} item co-occurrence clusters (the data has no category field)"
+
+
+def cluster_labels(cluster, clusters=CLUSTERS):
+    """[n_items, clusters] one-hot label matrix of a cluster per item (-1: none, a zero row)."""
+    labels = torch.zeros(len(cluster), clusters)
     known = cluster >= 0
     labels[torch.from_numpy(np.nonzero(known)[0]), torch.from_numpy(cluster[known])] = 1.0
-    return labels, f"{CLUSTERS} item co-occurrence clusters (the data has no category field)"
+    return labels
 
 
 def diversity(top_items, labels):

@@ -59,8 +59,9 @@ def check_matches(checkpoint, path, model_name, n_items, item_key="item_embeddin
 
 def restore(path, model="MIND", data_path=None, item_fields=(), purpose="this mode"):
     """:class:`Restored` from the checkpoint at ``path``: its config rebuilt from the settings it
-    was trained with, the dataset loaded again (``data_path`` if the data moved; ``item_fields``
-    loaded besides), the model on the CPU in eval mode.
+    was trained with, the dataset loaded again (``data_path`` if the data moved; ``item_fields``,
+    a list or a function of the rebuilt config giving one, loaded besides), the model on the CPU
+    in eval mode.
 
     Loading extra .item fields cannot move item ids silently: ids follow the order of first
     appearance in the .inter file, so the id map changes only when the .item file adds or
@@ -75,8 +76,9 @@ def restore(path, model="MIND", data_path=None, item_fields=(), purpose="this mo
         values["data_path"] = data_path
     config = build_config(saved["model"], saved["dataset"], config_dict=values)
     config["device"] = torch.device("cpu")
-    if item_fields:
-        add_item_fields(config, item_fields)
+    fields = item_fields(config) if callable(item_fields) else item_fields
+    if fields:
+        add_item_fields(config, fields)
     init_seed(config["seed"], config["reproducibility"])
     dataset, train_data, valid_data, test_data = prepare_data(config)
     net = resolve_model(model)(config, train_data._dataset)

@@ -14,8 +14,8 @@ from dataclasses import fields
 import yaml
 
 from recbole_mind import compare, explain, export, retrieve, train, tune
-from recbole_mind.categories import GENRE_FIELDS, item_categories, item_header
-from recbole_mind.checkpoint import load_checkpoint, restore
+from recbole_mind.categories import genre_field, item_categories
+from recbole_mind.checkpoint import restore
 from recbole_mind.config import DEFAULT_DATASET
 from recbole_mind.errors import UserError
 
@@ -183,14 +183,11 @@ def run_retrieve_or_export(args, overrides):
             raise UserError(f"--{field.name} must be >= 1, got {value}")
     if args.diversity_lambda < 0:
         raise UserError(f"--diversity_lambda must be >= 0, got {args.diversity_lambda}")
-    field = None
-    if args.diversity_lambda:  # categories: the .item genre field where there is one
-        saved = load_checkpoint(args.checkpoint)["config"]
-        folder = os.path.join(overrides["data_path"], saved["dataset"]) if "data_path" in overrides else saved["data_path"]
-        field = next((f for f in GENRE_FIELDS if f in item_header(folder, saved["dataset"])), None)
-    restored = restore(args.checkpoint, "MIND", overrides.get("data_path"), item_fields=[field] if field else (),
+    genres = (lambda config: [genre_field(config)] if genre_field(config) else []) if args.diversity_lambda else ()
+    restored = restore(args.checkpoint, "MIND", overrides.get("data_path"), item_fields=genres,
                        purpose="retrieval and export")
-    labels = item_categories(restored.dataset, field)[0] if args.diversity_lambda else None
+    labels = (item_categories(restored.dataset, genre_field(restored.config, restored.dataset))[0]
+              if args.diversity_lambda else None)
     if args.export:
         export.export_user_tower(restored.model, restored.dataset, args.export)
         print(f"exported the user tower to {args.export}")

@@ -77,8 +77,9 @@ def build_config(model="MIND", dataset=DEFAULT_DATASET, config_files=None, confi
     if PROTOCOLS[protocol]:  # the protocol's yaml goes under the user's files and overrides
         config = make(protocol)
     check_run_config(config)
-    if protocol == "multi_target" and genre_field(config):  # categories for Diversity@N
-        add_item_fields(config, [genre_field(config)])
+    genres = genre_field(config) if protocol == "multi_target" else None
+    if genres:  # categories for Diversity@N
+        add_item_fields(config, [genres])
     if model_class is MIND:
         read_hyper_parameters(config)  # bad MIND keys fail now, not after loading the data
     _load_configured_features(config)

@@ -15,6 +15,8 @@ import contextlib
 
 import torch
 
+from recbole_mind.model import MIND
+
 
 def greedy_rerank(candidates, scores, labels, n, lam):
     """[U, n] items picked greedily from each row's ``candidates``.
@@ -49,18 +51,21 @@ def interest_candidates(model, interaction, n, scores):
     """([U, K n] items, [U, K n] scores): the union of each active interest's top n for a MIND (its
     serving max as the score), the top 4 n for any other model. ``scores`` [U, n_items] are the
     model's full-sort scores with anything not to recommend at -inf."""
-    interests = getattr(model, "interest_num", 1)
-    if interests == 1 or not hasattr(model, "routing"):
+    if not isinstance(model, MIND) or model.interest_num == 1:
         values, items = scores.topk(min(4 * n, scores.size(1)), dim=1)
         return items, values
     vectors, mask = model(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN],
                           interaction[model.USER_ID] if model.user_profile is not None else None)
-    per_interest = torch.einsum("ukd,nd->ukn", vectors, model.item_vectors())
-    per_interest = per_interest.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-    per_interest = per_interest.masked_fill(torch.isinf(scores).unsqueeze(1), float("-inf"))  # the model's filters
-    items = per_interest.topk(min(n, scores.size(1)), dim=2).indices.flatten(1)  # [U, K n]
+    table, width, blocked = model.item_vectors(), min(n, scores.size(1)), torch.isinf(scores)
+    tops = []
+    for start in range(0, len(vectors), 256):  # [256, K, n_items] scores at a time, not [U, K, n_items]
+        rows = slice(start, start + 256)
+        per_interest = torch.einsum("ukd,nd->ukn", vectors[rows], table)
+        per_interest = per_interest.masked_fill(~mask[rows].unsqueeze(-1) | blocked[rows].unsqueeze(1), float("-inf"))
+        tops.append(per_interest.topk(width, dim=2).indices.flatten(1))  # [256, K n]
+    items = torch.cat(tops)
     values = scores.gather(1, items)
-    inactive = ~mask.repeat_interleave(min(n, scores.size(1)), dim=1)
+    inactive = ~mask.repeat_interleave(width, dim=1)
     return items.masked_fill(inactive, -1), values.masked_fill(inactive, float("-inf"))
 
 

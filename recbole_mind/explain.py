@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recbole_mind.categories import (CLUSTER_DIM, CLUSTERS, GENRE_FIELDS, cooccurrence_clusters, item_header,
-                                     token_labels)
-from recbole_mind.checkpoint import load_checkpoint, restore
+from recbole_mind.categories import (CLUSTER_DIM, CLUSTERS, GENRE_FIELDS, cluster_labels, cooccurrence_clusters,
+                                     item_header, token_labels)
+from recbole_mind.checkpoint import restore
 from recbole_mind.errors import UserError
 from recbole_mind.files import write_json_atomic
 
@@ -49,13 +49,16 @@ def _pick(header, wanted, candidates):
 def load_explainer(path, data_path=None, title_field=None, genre_field=None):
     """An :class:`Explainer` of the MIND checkpoint at ``path``, its dataset loaded again with the
     .item title and genre fields (auto-detected from TITLE_FIELDS / GENRE_FIELDS unless named)."""
-    saved = load_checkpoint(path)["config"]
-    folder = os.path.join(data_path, saved["dataset"]) if data_path else saved["data_path"]
-    header = item_header(folder, saved["dataset"], saved["field_separator"] or "\t", saved["encoding"] or "utf-8")
-    title_field = _pick(header, title_field, TITLE_FIELDS)
-    genre_field = _pick(header, genre_field, GENRE_FIELDS)
-    restored = restore(path, "MIND", data_path, [f for f in (title_field, genre_field) if f], purpose="--explain")
-    return Explainer(restored.model, restored.dataset, restored.test_data, title_field, genre_field,
+    picked = {}
+
+    def label_fields(config):  # the .item header of the data the checkpoint is rebuilt on
+        header = item_header(config["data_path"], config["dataset"], config["field_separator"] or "\t",
+                             config["encoding"] or "utf-8")
+        picked.update(title=_pick(header, title_field, TITLE_FIELDS), genre=_pick(header, genre_field, GENRE_FIELDS))
+        return [f for f in picked.values() if f]
+
+    restored = restore(path, "MIND", data_path, label_fields, purpose="--explain")
+    return Explainer(restored.model, restored.dataset, restored.test_data, picked["title"], picked["genre"],
                      config=restored.config)
 
 
@@ -168,10 +171,7 @@ class Explainer:
         cluster = cooccurrence_clusters(inter[self.uid_field].numpy(), inter[self.dataset.iid_field].numpy(),
                                         self.dataset.user_num, self.dataset.item_num, clusters, dim, seed)
         self.clusters = cluster
-        labels = torch.zeros(self.dataset.item_num, clusters)
-        known = cluster >= 0
-        labels[torch.from_numpy(np.nonzero(known)[0]), torch.from_numpy(cluster[known])] = 1.0
-        return labels
+        return cluster_labels(cluster, clusters)
 
     # ------------------------------------------------------------------ one user
     def user_index(self, tokens):
