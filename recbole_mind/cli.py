@@ -13,7 +13,7 @@ from dataclasses import fields
 
 import yaml
 
-from recbole_mind import compare, explain, export, retrieve, train, tune
+from recbole_mind import compare, distributed, explain, export, retrieve, train, tune
 from recbole_mind.categories import genre_field, item_categories
 from recbole_mind.checkpoint import restore
 from recbole_mind.config import DEFAULT_DATASET
@@ -36,6 +36,17 @@ def build_parser():
     parser.add_argument("--torch_threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own count, but never more than the cores "
                              "left free by other jobs; --compare: torch's own count per run)")
+
+    group = parser.add_argument_group("several processes (RecBole's DDP path; gloo on CPU, nccl on CUDA)")
+    group.add_argument("--nproc", type=int, default=None, help="processes on this machine (default 1)")
+    group.add_argument("--world_size", type=int, default=None,
+                       help="processes on all machines (default --nproc)")
+    group.add_argument("--ip", default=None, help=f"address of the machine with --group_offset 0 "
+                                                  f"(default {distributed.DEFAULT_IP})")
+    group.add_argument("--port", type=int, default=None,
+                       help="its port (default: a free one; needed with several machines)")
+    group.add_argument("--group_offset", type=int, default=None,
+                       help="global rank of this machine's first process (default 0)")
 
     group = parser.add_argument_group("comparison (--compare)")
     group.add_argument("--compare", nargs="+", metavar="MODEL", default=None,
@@ -88,7 +99,7 @@ def build_parser():
                        help="re-rank each user's merged candidates for category diversity (ComiRec's "
                             "greedy aggregation; default 0: by score)")
     group.add_argument("--keep_history", action="store_true",
-                       help="allow items the user already interacted with (default: removed)")
+                       help="allow items of the user's input sequence (default: removed where the model's exclude_history is on)")
     defaults = retrieve.IndexParams()
     for field in fields(retrieve.IndexParams):
         group.add_argument(f"--{field.name}", type=field.type, default=None,
@@ -110,7 +121,23 @@ def parse_args(argv):
         overrides[key] = value
     if args.retrieve_topk is not None and not args.retrieve:
         overrides["topk"] = args.retrieve_topk
+    overrides.update(distributed_overrides(args))
     return args, overrides
+
+
+def distributed_overrides(args, environ=os.environ):
+    """RecBole's DDP keys from --nproc ... --group_offset, or from torchrun's environment."""
+    given = {key: value for key, value in (("nproc", args.nproc), ("world_size", args.world_size), ("ip", args.ip),
+                                           ("port", args.port), ("offset", args.group_offset)) if value is not None}
+    launched = distributed.torchrun_settings(environ)
+    if launched and given:
+        raise UserError("under torchrun the launcher sets the processes and addresses: drop --nproc, "
+                        "--world_size, --ip, --port and --group_offset")
+    if launched:
+        return launched
+    if given.get("nproc", 1) < 1:
+        raise UserError(f"--nproc must be 1 or more, got {given['nproc']}")
+    return given
 
 
 def free_cores():
@@ -136,7 +163,9 @@ def run_from_args(args, overrides):
     if "dataset" in overrides or "model" in overrides:
         raise UserError("give the dataset and model as --dataset NAME and --model NAME")
     if not args.compare:  # a comparison sets each run's threads in its own process
-        set_threads(args.torch_threads)
+        # spawned ranks take this process's count: the free cores shared among them by default
+        nproc = int(overrides.get("nproc") or 1) if "local_rank" not in overrides else 1
+        set_threads(args.torch_threads or (max(1, free_cores() // nproc) if nproc > 1 else None))
     config_files = args.config_files.split() if args.config_files else None
     dataset = args.dataset or DEFAULT_DATASET
     if args.compare:
@@ -152,7 +181,8 @@ def run_from_args(args, overrides):
         return run_explain(args, overrides)
     result = train.run(args.model, dataset, config_files=config_files, config_dict=overrides,
                        resume_from=args.resume)
-    print(format_result(result))
+    if overrides.get("local_rank", 0) + overrides.get("offset", 0) == 0:  # torchrun: rank 0 reports
+        print(format_result(result))
     return result
 
 
@@ -193,7 +223,7 @@ def run_retrieve_or_export(args, overrides):
         print(f"exported the user tower to {args.export}")
     if args.retrieve:
         users, items, scores = retrieve.retrieve_for_dataset(restored.model, restored.dataset, topn, args.index,
-                                                             params, exclude_history=not args.keep_history,
+                                                             params, exclude_history=restored.model.exclude_history and not args.keep_history,
                                                              labels=labels, lam=args.diversity_lambda)
         n_rows = retrieve.write_recommendations(args.output, restored.dataset, users, items, scores)
         print(f"wrote {n_rows} recommendations for {len(users)} users to {args.output} "

@@ -630,6 +630,8 @@ def build_report(dataset, models, grids, seeds, records, protocol, command):
             "test_history_excluded": (_mean([r["test_result_history_excluded"] for r in results])
                                       if all(r.get("test_result_history_excluded") for r in results) else None),
             "valid": _mean([result["best_valid_result"] for result in results]),
+            # MIND's exclude_history as it ran: the setting, the measured repeat share, on or off
+            "exclude_history": results[0].get("exclude_history"),
             "interest_cosine": health["mean_cosine"] if health else None,
             "interest_health": health,
             "train_s_per_epoch": float(np.mean([result["train_s_per_epoch"] for result in results])),
@@ -777,12 +779,25 @@ def history_excluded_section(report):
         "",
         "The same checkpoints, with the items of each test row's input sequence (its last "
         "MAX_ITEM_LIST_LENGTH behaviours) scored -inf for every model. RecBole's full ranking of "
-        "sequential models (the table above) keeps them in; MIND with `exclude_history: True` "
+        "sequential models (the table above) keeps them in; MIND with `exclude_history` on "
         "removes them itself, so this table shows how much of a gap is that filter alone.",
+        *exclude_history_lines(report),
         "",
         *metric_table(report, "test_history_excluded"),
         "",
     ]
+
+
+def exclude_history_lines(report):
+    """Where MIND's exclude_history stood in each MIND run of the report, and why."""
+    lines = []
+    for name, m in report["models"].items():
+        choice = m.get("exclude_history")
+        if choice:
+            how = "auto" if choice["setting"] == "auto" else f"set to {choice['setting']}"
+            lines.append(f"{name}: exclude_history {'on' if choice['on'] else 'off'} ({how}; "
+                         f"{choice['repeat_share']:.1%} of the training labels repeat their input sequence).")
+    return ["", *lines] if lines else []
 
 
 def format_table(report):

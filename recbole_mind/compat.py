@@ -1,8 +1,9 @@
 """Every workaround recbole-mind needs to run RecBole 1.2.1 on numpy 2, pandas 3, torch >= 2.6 and
-hyperopt 0.2.5 with setuptools >= 81, applied once.
+hyperopt 0.2.5 with setuptools >= 81, and to run its distributed (DDP) path on a CPU, applied once.
 
-RecBole 1.2.1 was released against numpy 1.x, pandas 1.x/2.x and torch < 2.6. Each fix below
-names the break it mends; ``tests/test_compat.py`` has a test per fix that fails without it.
+RecBole 1.2.1 was released against numpy 1.x, pandas 1.x/2.x and torch < 2.6, and its DDP path
+only works with CUDA and NCCL. Each fix below names the break it mends; ``tests/test_compat.py``
+and ``tests/test_distributed.py`` have a test per fix that fails without it.
 ``apply()`` is idempotent and runs when ``recbole_mind`` is imported.
 """
 
@@ -210,12 +211,147 @@ def _collector_keeps_plain_numbers():
             if isinstance(value, torch.Tensor):
                 self.data_struct._data_dict[key] = value.cpu()
         returned_struct = copy.deepcopy(self.data_struct)
+        if not self.config["single_spec"]:  # DDP: every rank's rows (_gathered_evaluation)
+            _gather_rows(returned_struct)
         for key in ["rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label"]:
             if key in self.data_struct:
                 del self.data_struct[key]
         return returned_struct
 
     Collector.get_data_struct = get_data_struct
+
+
+PER_ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
+
+
+def _gather_rows(struct):
+    """Replace each per-row entry of a collector's DataStruct by all ranks' rows, in rank order."""
+    import torch.distributed as dist
+
+    for key in PER_ROW_KEYS:
+        if key in struct:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, struct[key])
+            struct.set(key, torch.cat(parts, dim=0))
+
+
+def _distributed_device():
+    # Break: Config._init_device, given a local_rank (RecBole's DDP path), hard-codes
+    # init_process_group(backend="nccl"), torch.device("cuda", local_rank) and
+    # torch.cuda.set_device, and asserts len(gpu_id) >= nproc: on a CPU no process group starts.
+    # Choose the device as the single-process branch does (CUDA where gpu_id names one and it
+    # exists), then nccl for CUDA and gloo for the CPU; start the group once per process (a
+    # second Config in the same rank joins it), with a timeout so a lost rank cannot hang the
+    # others forever; ranks other than global rank 0 log errors only. No local_rank: RecBole's own.
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from recbole.config import configurator
+
+    original = configurator.Config._init_device
+
+    def _init_device(self):
+        settings = self.final_config_dict
+        if "local_rank" not in settings:
+            return original(self)
+        gpu_id = settings["gpu_id"]
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+        settings["gpu_id"] = gpu_id
+        cuda = len(gpu_id) > 0 and torch.cuda.is_available()
+        rank = settings["local_rank"] + (settings["offset"] or 0)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend="nccl" if cuda else "gloo", rank=rank, world_size=settings["world_size"],
+                init_method=f"tcp://{settings['ip']}:{settings['port']}",
+                timeout=timedelta(seconds=float(settings.get("ddp_timeout") or 300)))
+        if cuda:
+            torch.cuda.set_device(settings["local_rank"])
+        settings["device"] = torch.device("cuda", settings["local_rank"]) if cuda else torch.device("cpu")
+        settings["single_spec"] = False
+        if rank != 0:
+            settings["state"] = "error"
+            settings["show_progress"] = False
+            settings["verbose"] = False
+
+    configurator.Config._init_device = _init_device
+
+
+def _distributed_model_on_any_device():
+    # Break: AbstractTrainer.__init__ wraps the model in DistributedDataParallel(model,
+    # device_ids=[local_rank]); torch refuses device_ids for a CPU module ("device_ids ... only
+    # work with single-device/multiple-device GPU modules"), so no CPU run gets past the trainer.
+    # device_ids only for a CUDA model.
+    from recbole.trainer.trainer import AbstractTrainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    def __init__(self, config, model):
+        self.config = config
+        self.model = model
+        if not config["single_spec"]:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            cuda = next(model.parameters()).device.type == "cuda"
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=[config["local_rank"]] if cuda else None)
+
+    AbstractTrainer.__init__ = __init__
+
+
+class UnpaddedShardSampler(torch.utils.data.Sampler):
+    """Rows rank, rank + world_size, ... of n: every row on exactly one rank, none repeated."""
+
+    def __init__(self, n, rank, world_size):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def _gathered_evaluation():
+    # Break: under DDP every RecBole loader takes a DistributedSampler(drop_last=False), which
+    # pads each rank's share with repeated rows, so evaluation counts some users twice; and
+    # Trainer._map_reduce averages each rank's metrics weighted by len(batched_data) (the
+    # length of a (interaction, ...) tuple, times batches), not by users (RecBole PR #1872,
+    # unmerged). Evaluation loaders (the unshuffled ones) take an unpadded shard instead, the
+    # collector gathers every rank's rows (_collector_keeps_plain_numbers), and the metrics are
+    # computed once on all of them: exactly one process's. Training keeps RecBole's sampler.
+    import torch.distributed as dist
+    from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+    from recbole.trainer.trainer import Trainer
+
+    original = AbstractDataLoader.__init__
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        if config["single_spec"] or shuffle:
+            return original(self, config, dataset, sampler, shuffle=shuffle)
+        # RecBole's own steps, with the unpadded shard as the index sampler
+        from recbole.data.transform import construct_transform
+        from recbole.utils import ModelType
+
+        self.shuffle = shuffle
+        self.config = config
+        self._dataset = dataset
+        self._sampler = sampler
+        self._batch_size = self.step = self.model = None
+        self._init_batch_size_and_step()
+        self.generator = torch.Generator()
+        self.generator.manual_seed(config["seed"])
+        self.transform = construct_transform(config)
+        self.is_sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+        self.step = max(1, self.step // config["world_size"])
+        torch.utils.data.DataLoader.__init__(
+            self, dataset=list(range(self.sample_size)), batch_size=self.step, collate_fn=self.collate_fn,
+            num_workers=config["worker"], shuffle=False,
+            sampler=UnpaddedShardSampler(self.sample_size, dist.get_rank(), dist.get_world_size()),
+            generator=self.generator)
+
+    def _map_reduce(self, result, num_sample):
+        return result  # computed on every rank's rows already
+
+    AbstractDataLoader.__init__ = __init__
+    Trainer._map_reduce = _map_reduce
 
 
 def apply():
@@ -230,4 +366,7 @@ def apply():
     _quiet_known_warnings()
     _hyperopt_without_pkg_resources()
     _collector_keeps_plain_numbers()
+    _distributed_device()
+    _distributed_model_on_any_device()
+    _gathered_evaluation()
     _APPLIED = True

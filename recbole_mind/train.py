@@ -6,6 +6,7 @@ and returns RecBole's result dict with the run's timing.
 """
 
 import contextlib
+import logging
 import os
 import time
 from logging import getLogger
@@ -14,7 +15,7 @@ import torch
 
 from recbole.utils import init_logger, init_seed
 
-from recbole_mind import multi_target
+from recbole_mind import distributed, multi_target
 from recbole_mind.categories import genre_field
 from recbole_mind.checkpoint import check_matches, load_checkpoint
 from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, build_config, resolve_model
@@ -24,6 +25,7 @@ from recbole_mind.errors import UserError
 from recbole_mind.explain import interest_health
 from recbole_mind.model import MIND
 from recbole_mind.model.scoring import exclude_input_sequence
+from recbole_mind.repeats import record
 from recbole_mind.trainer import NonFiniteLoss, plugin_trainer
 from recbole_mind.version import __version__
 
@@ -49,16 +51,25 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         ``train_s_per_epoch``, ``epoch_seconds``, ``eval_s`` (one full evaluation of the test
         set), ``saved_model_file`` and ``version`` (of recbole-mind).
     """
+    if distributed.wants_launch(config_dict):  # nproc > 1: this process starts the ranks
+        return distributed.launch(run, {
+            "model": model, "dataset": dataset, "config_files": config_files, "saved": saved,
+            "resume_from": resume_from, "trainer_hook": trainer_hook,
+            "test_history_excluded": test_history_excluded}, config_dict)
     config = build_config(model, dataset, config_files, config_dict)
     check_data(config)  # before RecBole's logging starts, so bad data is one line
     resume_checkpoint = load_checkpoint(resume_from) if resume_from else None
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    rank = distributed.global_rank()
+    if rank == 0:
+        init_logger(config)
+    else:  # one log: global rank 0's (RecBole's log file name would be the same on every rank)
+        logging.getLogger().setLevel(logging.ERROR)
     logger = getLogger()
     logger.info(config)
 
     dataset, train_data, valid_data, test_data = load_data(config)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    init_seed(config["seed"] + rank, config["reproducibility"])
     net = resolve_model(model)(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = plugin_trainer(config, net)
@@ -98,12 +109,14 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         ranking = diversified(trainer.model, labels, lam, max(config["topk"]), exclude=test_data.input_items)
     else:
         ranking = contextlib.nullcontext()
+    # figures computed outside the Trainer see every row on every rank (the loaders are sharded under DDP)
+    all_test = distributed.Unsharded(test_data) if distributed.is_distributed() else test_data
     with ranking:
         started = time.perf_counter()
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         eval_s = time.perf_counter() - started
         if is_multi_target:
-            test_result.update(multi_target.list_metrics(trainer.model, test_data, labels, config["topk"],
+            test_result.update(multi_target.list_metrics(trainer.model, all_test, labels, config["topk"],
                                                          config["device"]))
     if test_history_excluded:
         with history_excluded(trainer.model):
@@ -111,10 +124,16 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         extra["test_result_history_excluded"] = {k: float(v) for k, v in masked.items()}
         logger.info(f"test result, input sequence excluded: {dict(masked)}")
     if isinstance(trainer.model, MIND):
-        extra["interest_health"] = interest_health(trainer.model, dataset, test_data, genre_field(config, dataset))
+        extra["exclude_history"] = record(trainer.model.exclude_history_choice)
+        extra["interest_health"] = interest_health(trainer.model, dataset, all_test, genre_field(config, dataset))
         logger.info(f"interest health: {extra['interest_health']}")
     logger.info(f"best valid : {dict(best_valid_result)}")
     logger.info(f"test result: {dict(test_result)}")
+    if distributed.is_distributed():
+        extra["distributed"] = {"world_size": config["world_size"], "nproc": config["nproc"],
+                                "backend": str(torch.distributed.get_backend()),
+                                "rank_peak_rss_mb": distributed.gather(round(distributed.peak_rss_mb(), 1))}
+        distributed.end()
     seconds = trainer.epoch_seconds
     return {
         "model": config["model"],

@@ -9,6 +9,7 @@ import time
 import torch
 from recbole.utils import get_trainer, set_color
 
+from recbole_mind.distributed import barrier, broadcast, global_rank
 from recbole_mind.version import __version__
 
 VERSION_KEY = "recbole_mind_version"  # the checkpoint entry naming the version that wrote it
@@ -52,6 +53,8 @@ class PluginTrainerMixin:
             root.addFilter(EpochsFromOne())
         self.epoch_seconds = []
         self.last_epoch = self.start_epoch - 1
+        # RecBole names the checkpoint by each rank's clock: every rank uses global rank 0's name
+        self.saved_model_file = broadcast(self.saved_model_file)
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         started = time.perf_counter()
@@ -72,7 +75,7 @@ class PluginTrainerMixin:
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint plus the package version, written to a temporary file and renamed
         over the old one, so an interrupt never leaves a corrupt best model behind."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if global_rank() != 0:  # one writer for all machines (RecBole: local rank 0 of each)
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
@@ -89,6 +92,12 @@ class PluginTrainerMixin:
         os.replace(saved_model_file + ".partial", saved_model_file)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model:  # under DDP, global rank 0 has finished writing the checkpoint
+            barrier()
+        return super().evaluate(eval_data, load_best_model=load_best_model, model_file=model_file,
+                                show_progress=show_progress)
 
     def best_epoch(self):
         """1-based epoch of the best validation, counted from the run's first epoch (also after

@@ -194,9 +194,9 @@ def test_cli_writes_original_tokens_atomically(trained, tiny_root, tmp_path):
     file_items = {item for _, item in pairs}
     assert len(rows) == 5 * len(trained["users"])
     assert all(r["item_id"] in file_items for r in rows)
-    assert not any((r["user_id"], r["item_id"]) in pairs for r in rows)  # history removed
 
-    # the tokens are the dataset's own ids: mapped back they are the top 5 of full_sort_predict
+    # the tokens are the dataset's own ids: mapped back they are the top 5 of full_sort_predict,
+    # the input sequence kept as the model keeps it (exclude_history False)
     dataset = trained["dataset"]
     row_of = {u: i for i, u in enumerate(dataset.id2token(dataset.uid_field, trained["users"]))}
     items = np.zeros((len(row_of), 5), dtype=np.int64)
@@ -205,7 +205,7 @@ def test_cli_writes_original_tokens_atomically(trained, tiny_root, tmp_path):
         row, rank = row_of[r["user_id"]], int(r["rank"]) - 1
         items[row, rank] = dataset.token2id(dataset.iid_field, r["item_id"])
         scores[row, rank] = float(r["score"])
-    assert_matches_full_sort(items, scores, full_sort(trained, True), 5)
+    assert_matches_full_sort(items, scores, full_sort(trained, False), 5)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

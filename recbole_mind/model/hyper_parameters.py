@@ -7,6 +7,7 @@ import yaml
 
 from recbole_mind import properties
 from recbole_mind.errors import UserError
+from recbole_mind.repeats import parse_setting
 
 LOSS_TYPES = ("CE", "SSM", "BPR")
 SAMPLING_DISTRIBUTIONS = ("uniform", "popularity")
@@ -61,7 +62,7 @@ KEYS = {
     "behaviour_window": int, "recency_gain": _boolean, "routing_softmax_axis": str,
     "routing_seed": int, "hidden_layers": int, "interest_residual": _boolean,
     "normalize_vectors": _boolean, "attention_power": float, "attention_sampling": _boolean, "temperature": float,
-    "exclude_history": _boolean, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
+    "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
     "item_features": _names,
 }

@@ -13,6 +13,7 @@ that differs from the paper, with its measured reason.
 """
 
 from collections import namedtuple
+from logging import getLogger
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -23,6 +24,7 @@ from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
 from recbole_mind.model.layers import B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count
 from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores
+from recbole_mind.repeats import describe, resolve_exclude_history
 
 # What routing computed for a batch: interests [B, K, d] (inactive ones zero), interest_mask
 # [B, K], the last routing weights [B, w, K] over the routed behaviours, the capsules u_j
@@ -50,7 +52,10 @@ class MIND(SequentialRecommender):
         self.interest_residual = hp.interest_residual
         self.normalize_vectors = hp.normalize_vectors
         self.temperature = hp.temperature
-        self.exclude_history = hp.exclude_history
+        # auto: on unless the training rows repeat their own input often (repeats.py)
+        self.exclude_history_choice = resolve_exclude_history(hp.exclude_history, dataset)
+        self.exclude_history = self.exclude_history_choice.on
+        getLogger().info(describe(self.exclude_history_choice))
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives

@@ -1,0 +1,113 @@
+"""Several processes on the CPU (gloo): RecBole's DDP path made device-aware and exact."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import write_tiny_dataset
+from recbole_mind import cli, distributed
+from recbole_mind.errors import UserError
+from recbole_mind.train import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def odd_root(tmp_path_factory):
+    # 61 users: two ranks get 31 and 30 evaluation rows, where RecBole's sampler repeats one
+    return write_tiny_dataset(str(tmp_path_factory.mktemp("odd")), name="odd", n_users=61)
+
+
+def settings(tiny_config, odd_root, **overrides):
+    return tiny_config | {"data_path": odd_root, "eval_batch_size": 16} | overrides
+
+
+def test_two_processes_evaluate_exactly_as_one(tiny_config, odd_root):
+    one = run("MIND", "odd", config_dict=settings(tiny_config, odd_root, epochs=0), saved=False)
+    two = run("MIND", "odd", config_dict=settings(tiny_config, odd_root, epochs=0, nproc=2), saved=False)
+    assert two["test_result"] == one["test_result"]
+    assert two["best_valid_result"] == one["best_valid_result"]
+    assert two["interest_health"] == one["interest_health"]  # figures outside the Trainer see every row
+    assert two["distributed"]["world_size"] == 2 and two["distributed"]["backend"] == "gloo"
+    assert len(two["distributed"]["rank_peak_rss_mb"]) == 2
+    assert "distributed" not in one
+
+
+def test_two_processes_train_and_write_one_checkpoint(tiny_config, odd_root, tmp_path):
+    folder = tmp_path / "saved"
+    result = run("GRU4Rec", "odd", config_dict=settings(tiny_config, odd_root, epochs=2, nproc=2,
+                                                          checkpoint_dir=str(folder)))
+    assert result["epochs_run"] == 2 and result["best_epoch"] in (1, 2)
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+    assert glob.glob(str(folder / "*")) == [result["saved_model_file"]]  # one file, no partial left
+
+
+def fail_on_rank_one(how):
+    def hook(trainer, train_data):
+        if distributed.global_rank() == 1:
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("planted failure")
+    return hook
+
+
+def kill_rank_one(trainer, train_data):
+    return fail_on_rank_one("kill")(trainer, train_data)
+
+
+def raise_on_rank_one(trainer, train_data):
+    return fail_on_rank_one("raise")(trainer, train_data)
+
+
+@pytest.mark.parametrize("hook, cause", [(kill_rank_one, "killed (SIGKILL)"),
+                                         (raise_on_rank_one, "ValueError: planted failure")])
+def test_a_failing_rank_ends_the_run_with_one_message(tiny_config, odd_root, tmp_path, hook, cause):
+    folder = tmp_path / "saved"
+    started = time.monotonic()
+    with pytest.raises(UserError) as error:
+        run("MIND", "odd", config_dict=settings(tiny_config, odd_root, nproc=2, ddp_timeout=30,
+                                                checkpoint_dir=str(folder)), trainer_hook=hook)
+    assert time.monotonic() - started < 60
+    message = str(error.value)
+    assert message.startswith("rank 1 of 2 failed: ") and cause in message and "\n" not in message
+    assert not glob.glob(str(folder / "*"))
+
+
+def test_torchrun_environment_maps_to_recbole_keys():
+    environ = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    assert distributed.torchrun_settings(environ) == {"local_rank": 1, "offset": 2, "world_size": 4, "nproc": 2,
+                                                      "ip": "10.0.0.1", "port": 29500}
+    assert distributed.torchrun_settings({}) is None
+    flags = SimpleNamespace(nproc=2, world_size=None, ip=None, port=None, group_offset=None)
+    assert cli.distributed_overrides(flags, {}) == {"nproc": 2}
+    with pytest.raises(UserError, match="under torchrun"):
+        cli.distributed_overrides(flags, environ)
+
+
+def test_launch_settings_complete_and_check_the_flags():
+    completed = distributed.launch_settings({"nproc": 2})
+    assert completed["world_size"] == 2 and completed["offset"] == 0 and completed["ip"] == "127.0.0.1"
+    assert completed["port"] > 0
+    with pytest.raises(UserError, match="--port is needed"):
+        distributed.launch_settings({"nproc": 2, "world_size": 4, "offset": 2})
+    with pytest.raises(UserError, match="exceeds --world_size"):
+        distributed.launch_settings({"nproc": 2, "world_size": 3, "offset": 2, "port": 29500})
+
+
+def test_torchrun_runs_the_command_line(odd_root, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(distributed.free_port()),
+               os.path.join(ROOT, "run_recbole_mind.py"), "--dataset", "odd", f"--data_path={odd_root}",
+               "--epochs=0", "--MAX_ITEM_LIST_LENGTH=10", "--embedding_size=16", "--eval_batch_size=16",
+               "--topk=[5,10]", "--seed=7", "--torch_threads", "1", f"--checkpoint_dir={tmp_path / 'saved'}"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("MIND on odd: 0 epochs") == 1  # global rank 0 reports, once
