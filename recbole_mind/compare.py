@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recbole_mind import properties, train
+from recbole_mind import distributed, properties, train
 from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, PLUGIN_MODELS, build_config
 from recbole_mind.errors import UserError
 from recbole_mind.files import atomic_write, write_json_atomic
@@ -422,8 +422,9 @@ def _cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-class _Paused(Exception):
-    """Raised from Trainer.fit's callback when the next epoch would end after the deadline."""
+class _Paused(distributed.Signal):
+    """Raised from Trainer.fit's callback when the next epoch would end after the deadline (on
+    every rank of a run on several processes: global rank 0 decides)."""
 
 
 class RunState:
@@ -480,9 +481,11 @@ class RunState:
         epochs = len(self.epoch_seconds) - self.first_epoch
         valid_s = max(time.time() - self.fit_started - train_s, 0.0) / epochs
         next_s = train_s / epochs + valid_s  # one more epoch with its validation
-        self._save(epoch_idx, next_s)
-        if self.deadline is not None and time.time() + next_s + valid_s > self.deadline:
-            raise _Paused(epoch_idx)  # valid_s again: the test evaluation after the last epoch
+        if distributed.global_rank() == 0:  # one writer; the other ranks continue from rank 0's state
+            self._save(epoch_idx, next_s)
+        # valid_s again: the test evaluation after the last epoch
+        if distributed.broadcast(self.deadline is not None and time.time() + next_s + valid_s > self.deadline):
+            raise _Paused(epoch_idx)
 
     def usage(self):
         """Wall and CPU seconds, peak RSS and process count of the run, all pieces so far."""
@@ -513,7 +516,7 @@ class RunState:
         atomic_write(self.pth, lambda f: torch.save(state, f))
         write_json_atomic(self.json, {"protocol": self.protocol, "epoch": epoch_idx,
                                       "epochs": trainer.epochs, "next_s": next_s + self.load_s,
-                                      "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                      "usage": state["usage"], "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     def _restore(self):
         import numpy as np
@@ -552,6 +555,8 @@ def worker(spec):
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
     state = RunState(spec["out"], spec["protocol"], spec.get("deadline"))
+    # the pieces so far, also where the state is restored in other processes (the ranks of --nproc)
+    state.before = state.progress().get("usage", state.before)
     try:
         result = train.run(spec["model"], spec["dataset"], config_files=spec["config_files"],
                            config_dict=spec["config_dict"], trainer_hook=state.hook,

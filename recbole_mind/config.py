@@ -17,7 +17,7 @@ DEFAULT_DATASET = "ml-100k"  # ships inside the recbole package: no download
 PLUGIN_MODELS = {"MIND": MIND}
 # Keys that say where files go or how much is printed, not what is trained or measured: a
 # comparison's protocol, a resumed run's settings and a tuned configuration leave them out.
-LOCATION_KEYS = frozenset({"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id"})
+LOCATION_KEYS = frozenset({"data_path", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id", "ip", "port"})
 PROTOCOLS = {"leave_one_out": None, "multi_target": properties.MULTI_TARGET}  # name -> its yaml on top of run.yaml
 
 

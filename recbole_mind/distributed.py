@@ -25,6 +25,11 @@ KEYS = ("nproc", "world_size", "ip", "port", "offset")
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+class Signal(Exception):
+    """Control flow, not a failure: raised in a rank, re-raised as itself by :func:`launch` (e.g.
+    a comparison's pause at its time budget). Every rank must raise it at the same point."""
+
+
 def torchrun_settings(environ=os.environ):
     """RecBole's keys from torchrun's environment (None when not started by torchrun)."""
     if not all(name in environ for name in TORCHRUN_VARIABLES):
@@ -88,6 +93,9 @@ def launch(function, kwargs, config_dict):
                            join=True, start_method="spawn")
     except ProcessException as e:
         messages = _drain(queue)
+        signals = [m[2] for m in messages if m[0] == "signal"]
+        if signals:
+            raise signals[0] from None
         rank = e.error_index + settings["offset"]
         cause = next((m[2] for m in messages if m[0] == "error" and m[1] == rank), None)
         if cause is None and isinstance(e, ProcessExitedException) and e.signal_name:
@@ -112,6 +120,9 @@ def _rank_main(local_rank, function, kwargs, settings, queue, threads):
     rank = local_rank + settings["offset"]
     try:
         result = function(**kwargs, config_dict={**settings, "local_rank": local_rank})
+    except Signal as e:
+        queue.put(("signal", rank, e))
+        sys.exit(2)
     except UserError as e:
         queue.put(("error", rank, str(e)))
         sys.exit(2)

@@ -72,6 +72,8 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
     init_seed(config["seed"] + rank, config["reproducibility"])
     net = resolve_model(model)(config, train_data._dataset).to(config["device"])
     logger.info(net)
+    # RecBole's Trainer creates it check-then-make, a race between the ranks of one machine
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     trainer = plugin_trainer(config, net)
     if resume_from:
         check_matches(resume_checkpoint, resume_from, config["model"], net.n_items)

@@ -1,6 +1,7 @@
 """Several processes on the CPU (gloo): RecBole's DDP path made device-aware and exact."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import write_tiny_dataset
-from recbole_mind import cli, distributed
+from recbole_mind import cli, distributed, tune
 from recbole_mind.errors import UserError
 from recbole_mind.train import run
 
@@ -111,3 +112,31 @@ def test_torchrun_runs_the_command_line(odd_root, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("MIND on odd: 0 epochs") == 1  # global rank 0 reports, once
+
+
+def test_compare_pauses_and_resumes_on_two_processes(odd_root, tmp_path, capsys):
+    def argv(*extra):
+        return ["--compare", "GRU4Rec", "--dataset", "odd", "--lr_grid", "0.01", "--no_report", "--nproc", "2",
+                "--results_dir", str(tmp_path), "--torch_threads", "1", f"--data_path={odd_root}",
+                "--epochs=2", "--topk=[5,10]", "--state=ERROR", "--train_batch_size=64",
+                "--MAX_ITEM_LIST_LENGTH=10", *extra]
+
+    # a budget already spent: global rank 0 decides, every rank stops after epoch 1
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv("--time_budget", "1e-9"))
+    assert stopped.value.code == 75
+    runs = tmp_path / "leave_one_out" / "runs" / "odd"
+    assert (runs / "GRU4Rec_lr0.01.state.json").is_file() and not (runs / "GRU4Rec_lr0.01.json").exists()
+    assert cli.main(argv("--time_budget", "1e-9")) == 0  # epoch 2 is the last: no pause
+    record = json.loads((runs / "GRU4Rec_lr0.01.json").read_text())
+    assert record["protocol"]["nproc"] == 2 and record["pieces"] == 2
+    assert record["result"]["epochs_run"] == 2 and record["result"]["distributed"]["world_size"] == 2
+
+
+def test_tuning_trials_run_on_two_processes(tiny_config, odd_root, tmp_path):
+    space = tmp_path / "space.hyper"
+    space.write_text("interest_num choice [1,2]\n")
+    summary = tune.tune("MIND", "odd", str(space), config_dict=settings(tiny_config, odd_root, nproc=2),
+                        algo="exhaustive", max_evals=2, output_file=str(tmp_path / "out.result"), display=False)
+    assert sorted(t["params"]["interest_num"] for t in summary["trials"]) == [1, 2]
+    assert all(t["epochs_run"] == 1 for t in summary["trials"])

@@ -91,3 +91,11 @@ def test_not_a_package(tmp_path):
     bogus.write_text("nothing")
     with pytest.raises(SystemExit, match="error:"):
         convert(str(bogus), out=str(tmp_path))
+
+
+def test_last_keeps_the_latest_flights(tmp_path):
+    package = write_sdist(str(tmp_path))
+    frame, (inter, _) = convert(package, out=str(tmp_path), item="route", last=3)
+    # plane A's last three departures (plane B has only four, under the minimum of 5)
+    assert [r[1] for r in read(inter)[1:]] == ["EWR-ORD", "LGA-ATL", "EWR-ORD"]
+    assert len(frame) == 3
