@@ -48,7 +48,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
     Returns:
         dict with RecBole's ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
         ``test_result``, and ``model``, ``dataset``, ``epochs_run``, ``best_epoch``,
-        ``train_s_per_epoch``, ``epoch_seconds``, ``eval_s`` (one full evaluation of the test
+        ``train_rows``, ``train_s_per_epoch``, ``epoch_seconds``, ``eval_s`` (one full evaluation of the test
         set), ``saved_model_file`` and ``version`` (of recbole-mind).
     """
     if distributed.wants_launch(config_dict):  # nproc > 1: this process starts the ranks
@@ -145,6 +145,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         "best_valid_result": {k: float(v) for k, v in best_valid_result.items()},
         "test_result": {k: float(v) for k, v in test_result.items()},
         "epochs_run": len(seconds),
+        "train_rows": len(train_data._dataset),  # rows of one training epoch, over all ranks
         "best_epoch": trainer.best_epoch(),
         "train_s_per_epoch": sum(seconds) / max(len(seconds), 1),
         "epoch_seconds": [round(s, 3) for s in seconds],
