@@ -63,7 +63,7 @@ KEYS = {
     "routing_seed": int, "hidden_layers": int, "interest_residual": _boolean,
     "normalize_vectors": _boolean, "attention_power": float, "attention_sampling": _boolean, "temperature": float,
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
-    "sampling_distribution": str, "sampling_alpha": float, "interest_overlap_weight": float, "user_features": _names,
+    "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
     "item_features": _names,
 }
 
@@ -99,7 +99,6 @@ def read_hyper_parameters(config):
         (hp.routing_softmax_axis in ("interests", "behaviours"),
          f"routing_softmax_axis must be interests or behaviours, got {hp.routing_softmax_axis!r}"),
         (hp.temperature > 0, f"temperature must be > 0, got {hp.temperature}"),
-        (hp.interest_overlap_weight >= 0, f"interest_overlap_weight must be >= 0, got {hp.interest_overlap_weight}"),
         (hp.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}"),
         (hp.loss_type != "SSM" or hp.num_negatives >= 1,
          f"num_negatives must be >= 1 with loss_type SSM, got {hp.num_negatives}"),

@@ -135,14 +135,3 @@ def sampled_softmax(user, pos_items, pos_emb, negatives, neg_emb, log_q, item_se
     neg_logits = neg_logits.masked_fill(hits, float("-inf"))
     logits = torch.cat([pos_logit, neg_logits], dim=1)
     return torch.nn.functional.cross_entropy(logits, torch.zeros_like(pos_items))
-
-
-def interest_overlap(interests, mask):
-    """Mean cosine over the pairs of a row's distinct active interests ([B, K, d], mask [B, K]);
-    0 where no row has two."""
-    unit = torch.nn.functional.normalize(interests, dim=-1)
-    cosines = unit @ unit.transpose(1, 2)
-    pairs = mask.unsqueeze(2) & mask.unsqueeze(1)
-    pairs &= ~torch.eye(mask.size(1), dtype=torch.bool, device=mask.device)
-    count = pairs.sum()
-    return (cosines * pairs).sum() / count if count > 0 else cosines.new_zeros(())

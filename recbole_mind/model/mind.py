@@ -20,7 +20,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from recbole_mind.model.loss import cross_entropy, interest_overlap, sampled_softmax
+from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
 from recbole_mind.model.layers import B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count
 from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores
@@ -59,7 +59,6 @@ class MIND(SequentialRecommender):
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
-        self.interest_overlap_weight = hp.interest_overlap_weight
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
@@ -218,13 +217,6 @@ class MIND(SequentialRecommender):
 
     # ----------------------------------------------------------------- training
     def calculate_loss(self, interaction):
-        loss, interests, interest_mask = self._task_loss(interaction)
-        if self.interest_overlap_weight:  # pushes a user's interests apart
-            loss = loss + self.interest_overlap_weight * interest_overlap(interests, interest_mask)
-        return loss
-
-    def _task_loss(self, interaction):
-        """(the loss_type's loss, interests, interest_mask) of a training batch."""
         item_seq = interaction[self.ITEM_SEQ]
         # CE scores every item anyway: compute the table once and gather behaviours and labels
         table = self.item_vectors() if self.loss_type == "CE" or self.n_items <= item_seq.numel() else None
@@ -235,17 +227,16 @@ class MIND(SequentialRecommender):
         if self.loss_type == "CE":
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
             return cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
-                                 matmul_dtype=self.softmax_matmul_dtype), interests, interest_mask
+                                 matmul_dtype=self.softmax_matmul_dtype)
         if self.loss_type == "SSM":
             negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
             return sampled_softmax(user_vec, pos_items, pos_emb, negatives, self.item_vectors(negatives),
-                                   self.sampling_log_prob, item_seq if self.exclude_history else None), \
-                interests, interest_mask
+                                   self.sampling_log_prob, item_seq if self.exclude_history else None)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
             torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device))
         pos_score = (user_vec * pos_emb).sum(-1)
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
-        return self.bpr_loss(pos_score, neg_score), interests, interest_mask
+        return self.bpr_loss(pos_score, neg_score)
 
     @staticmethod
     def history_pairs(item_seq, labels):
