@@ -15,6 +15,7 @@ from recbole.utils import init_seed
 
 from recbole_mind.config import add_item_fields, build_config, resolve_model
 from recbole_mind.data import prepare_data
+from recbole_mind.distributed import KEYS as DISTRIBUTED_KEYS
 from recbole_mind.errors import UserError
 from recbole_mind.trainer import VERSION_KEY
 from recbole_mind.version import __version__
@@ -71,7 +72,9 @@ def restore(path, model="MIND", data_path=None, item_fields=(), purpose="this mo
     saved = checkpoint["config"]
     if resolve_model(saved["model"]) is not resolve_model(model):
         raise UserError(f"{path} holds a {saved['model']} model: {purpose} needs a {model} checkpoint")
-    values = {k: v for k, v in saved.external_config_dict.items() if k not in ("model", "dataset")}
+    # one process here, whatever the training ran on
+    left_out = {"model", "dataset", "local_rank", *DISTRIBUTED_KEYS}
+    values = {k: v for k, v in saved.external_config_dict.items() if k not in left_out}
     if data_path is not None:
         values["data_path"] = data_path
     config = build_config(saved["model"], saved["dataset"], config_dict=values)

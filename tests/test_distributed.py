@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import write_tiny_dataset
-from recbole_mind import cli, distributed, tune
+from recbole_mind import checkpoint, cli, distributed, tune
 from recbole_mind.errors import UserError
 from recbole_mind.train import run
 
@@ -47,6 +47,8 @@ def test_two_processes_train_and_write_one_checkpoint(tiny_config, odd_root, tmp
     assert result["epochs_run"] == 2 and result["best_epoch"] in (1, 2)
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
     assert glob.glob(str(folder / "*")) == [result["saved_model_file"]]  # one file, no partial left
+    restored = checkpoint.restore(result["saved_model_file"], "GRU4Rec")  # back on one process
+    assert restored.config["single_spec"] and not distributed.is_distributed()
 
 
 def fail_on_rank_one(how):
