@@ -581,6 +581,9 @@ def worker(spec):
         "torch_threads": torch.get_num_threads(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    ranks = (result.get("distributed") or {}).get("rank_peak_rss_mb")
+    if ranks:  # the training ran in the ranks, not in this (launching) process
+        record["peak_rss_mb"] = max([record["peak_rss_mb"], *ranks])
     write_json_atomic(spec["out"], record)
     state.remove()
 

@@ -133,6 +133,7 @@ def test_compare_pauses_and_resumes_on_two_processes(odd_root, tmp_path, capsys)
     record = json.loads((runs / "GRU4Rec_lr0.01.json").read_text())
     assert record["protocol"]["nproc"] == 2 and record["pieces"] == 2
     assert record["result"]["epochs_run"] == 2 and record["result"]["distributed"]["world_size"] == 2
+    assert record["peak_rss_mb"] >= max(record["result"]["distributed"]["rank_peak_rss_mb"])
 
 
 def test_tuning_trials_run_on_two_processes(tiny_config, odd_root, tmp_path):
