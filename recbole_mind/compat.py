@@ -197,6 +197,9 @@ def _hyperopt_without_pkg_resources():
             del sys.modules["pkg_resources"]
 
 
+PER_ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")  # a collector's rows
+
+
 def _collector_keeps_plain_numbers():
     # Break: RecBole's Collector.get_data_struct calls .cpu() on everything it collected, but
     # data_collect stores the catalogue size of ItemCoverage ("data.num_items") and
@@ -213,15 +216,12 @@ def _collector_keeps_plain_numbers():
         returned_struct = copy.deepcopy(self.data_struct)
         if not self.config["single_spec"]:  # DDP: every rank's rows (_gathered_evaluation)
             _gather_rows(returned_struct)
-        for key in ["rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label"]:
+        for key in PER_ROW_KEYS:
             if key in self.data_struct:
                 del self.data_struct[key]
         return returned_struct
 
     Collector.get_data_struct = get_data_struct
-
-
-PER_ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
 
 
 def _gather_rows(struct):

@@ -9,6 +9,7 @@ of this machine's first process; RecBole's ``--group_offset``), ``local_rank`` (
 model wrapping and exact evaluation are fixes of RecBole's path in compat.py.
 """
 
+import logging
 import os
 import resource
 import socket
@@ -86,6 +87,7 @@ def launch(function, kwargs, config_dict):
     from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
     settings = launch_settings(config_dict)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # its "Terminating process" lines
     queue = mp.get_context("spawn").SimpleQueue()
     try:  # each rank takes this process's torch thread count
         mp.start_processes(_rank_main, args=(function, kwargs, settings, queue, torch.get_num_threads()),
@@ -126,9 +128,10 @@ def _rank_main(local_rank, function, kwargs, settings, queue, threads):
     except UserError as e:
         queue.put(("error", rank, str(e)))
         sys.exit(2)
-    except Exception as e:  # noqa: BLE001  (the parent reports it as this rank's cause)
-        queue.put(("error", rank, f"{type(e).__name__}: {e}"))
-        traceback.print_exc()
+    except Exception as e:  # noqa: BLE001  (the parent reports it as this rank's cause, in one line)
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        queue.put(("error", rank, f"{type(e).__name__}: {message} (at {os.path.basename(where.filename)}:{where.lineno})"))
         sys.exit(1)
     if rank == 0:
         queue.put(("result", result))

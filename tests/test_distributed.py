@@ -69,7 +69,7 @@ def raise_on_rank_one(trainer, train_data):
 
 
 @pytest.mark.parametrize("hook, cause", [(kill_rank_one, "killed (SIGKILL)"),
-                                         (raise_on_rank_one, "ValueError: planted failure")])
+                                         (raise_on_rank_one, "ValueError: planted failure (at test_distributed.py:")])
 def test_a_failing_rank_ends_the_run_with_one_message(tiny_config, odd_root, tmp_path, hook, cause):
     folder = tmp_path / "saved"
     started = time.monotonic()
