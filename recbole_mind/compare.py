@@ -411,12 +411,6 @@ def _summary_line(record):
             f"{record['peak_rss_mb']:.0f} MB")
 
 
-def peak_rss_mb():
-    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
-
-
 def _cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -491,7 +485,7 @@ class RunState:
         """Wall and CPU seconds, peak RSS and process count of the run, all pieces so far."""
         return {"wall_s": self.before["wall_s"] + time.time() - self.started,
                 "cpu_s": self.before["cpu_s"] + _cpu_seconds() - self.cpu_started,
-                "peak_rss_mb": max(self.before["peak_rss_mb"], peak_rss_mb()),
+                "peak_rss_mb": max(self.before["peak_rss_mb"], distributed.peak_rss_mb()),
                 "pieces": self.before["pieces"] + 1}
 
     def _save(self, epoch_idx, next_s):

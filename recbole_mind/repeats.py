@@ -14,7 +14,6 @@ from collections import namedtuple
 # and trails from 0.32; Recall@50 leads up to 0.09 and trails from 0.17. 0.2 lies between the two
 # crossings; at 0.165 on is +40% NDCG@10 and -7% Recall@50.
 REPEAT_SHARE_THRESHOLD = 0.2
-SETTINGS = ("auto", True, False)
 
 ExcludeHistory = namedtuple("ExcludeHistory", "on setting repeat_share")
 

@@ -111,13 +111,14 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
         ranking = diversified(trainer.model, labels, lam, max(config["topk"]), exclude=test_data.input_items)
     else:
         ranking = contextlib.nullcontext()
-    # figures computed outside the Trainer see every row on every rank (the loaders are sharded under DDP)
+    # figures computed outside the Trainer: by global rank 0 alone (the one whose result is kept),
+    # over every row (under DDP the loaders are sharded)
     all_test = distributed.Unsharded(test_data) if distributed.is_distributed() else test_data
     with ranking:
         started = time.perf_counter()
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         eval_s = time.perf_counter() - started
-        if is_multi_target:
+        if is_multi_target and rank == 0:
             test_result.update(multi_target.list_metrics(trainer.model, all_test, labels, config["topk"],
                                                          config["device"]))
     if test_history_excluded:
@@ -125,7 +126,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
             masked = trainer.evaluate(test_data, load_best_model=False, show_progress=config["show_progress"])
         extra["test_result_history_excluded"] = {k: float(v) for k, v in masked.items()}
         logger.info(f"test result, input sequence excluded: {dict(masked)}")
-    if isinstance(trainer.model, MIND):
+    if isinstance(trainer.model, MIND) and rank == 0:
         extra["exclude_history"] = record(trainer.model.exclude_history_choice)
         extra["interest_health"] = interest_health(trainer.model, dataset, all_test, genre_field(config, dataset))
         logger.info(f"interest health: {extra['interest_health']}")
