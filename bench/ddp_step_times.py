@@ -4,7 +4,11 @@ Wraps MIND.calculate_loss (the loss forward), Tensor.backward (with DDP, the gra
 runs inside it), Adam.step, and RecBole's two per-step DDP additions (the dummy forward through
 the wrapper, the zero loss over every parameter), sums their wall time per rank over
 ``--epochs`` training epochs without validation, and prints one line per rank and the epoch times.
-``--fp16_gradients`` registers torch's fp16 compression hook on the DDP wrapper (gloo has no bf16 one).
+``--comm_hook`` replaces DDP's gradient all-reduce, to tell its parts apart: ``fp16`` (torch's
+fp16 compression hook; gloo has no bf16 one), ``sync_only`` (the ranks meet at every bucket with a
+one-number all-reduce and keep their own gradients: the cost of waiting for each other without the
+bytes), ``local`` (no communication at all: what the step costs without DDP's synchronisation).
+Only ``allreduce`` (the default) trains the model RecBole trains; the others time it.
 
 Usage (from the project root, on an otherwise idle machine):
     python -m bench.ddp_step_times --nproc 1 --dataset amazon-videogames --data_path ../shared/data
@@ -17,7 +21,26 @@ import json
 import time
 
 
-def timed_run(fp16_gradients=False, **kwargs):
+def comm_hook(name):
+    """A DDP communication hook by name (None: DDP's own all-reduce)."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    def local(state, bucket):
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
+
+    def sync_only(state, bucket):
+        work = dist.all_reduce(torch.zeros(1), async_op=True)
+        return work.get_future().then(lambda _: bucket.buffer())
+
+    return {"allreduce": None, "fp16": default_hooks.fp16_compress_hook, "local": local,
+            "sync_only": sync_only}[name]
+
+
+def timed_run(hook="allreduce", **kwargs):
     """train.run with the step's parts timed; prints this rank's sums."""
     import torch
     from recbole.trainer.trainer import AbstractTrainer
@@ -45,15 +68,13 @@ def timed_run(fp16_gradients=False, **kwargs):
     timed(torch.optim.Adam, "step", "Adam step")
     timed(AbstractTrainer, "set_reduce_hook", "DDP dummy forward")
     timed(AbstractTrainer, "sync_grad_loss", "DDP zero loss")
-    if fp16_gradients:
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
+    if comm_hook(hook) is not None:
         init = AbstractTrainer.__init__
 
         def with_hook(self, config, model):
             init(self, config, model)
             if hasattr(self, "distributed_model"):
-                self.distributed_model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+                self.distributed_model.register_comm_hook(None, comm_hook(hook))
         AbstractTrainer.__init__ = with_hook
     rank = None
     original_end = distributed.end
@@ -75,7 +96,8 @@ def main():
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--fp16_gradients", action="store_true")
+    parser.add_argument("--train_batch_size", type=int, default=None, help="RecBole's (over all processes)")
+    parser.add_argument("--comm_hook", default="allreduce", choices=["allreduce", "fp16", "sync_only", "local"])
     args = parser.parse_args()
 
     from recbole_mind import distributed
@@ -85,7 +107,9 @@ def main():
     config = {"epochs": args.epochs, "eval_step": 0, "state": "WARNING", "show_progress": False}
     if args.data_path:
         config["data_path"] = args.data_path
-    kwargs = {"model": "MIND", "dataset": args.dataset, "saved": False, "fp16_gradients": args.fp16_gradients}
+    if args.train_batch_size:
+        config["train_batch_size"] = args.train_batch_size
+    kwargs = {"model": "MIND", "dataset": args.dataset, "saved": False, "hook": args.comm_hook}
     if args.nproc > 1:
         result = distributed.launch(timed_run, kwargs, {**config, "nproc": args.nproc})
     else:

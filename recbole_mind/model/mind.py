@@ -163,15 +163,17 @@ class MIND(SequentialRecommender):
             steps = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
             recency = (item_seq_len.unsqueeze(1) - 1 - steps).clamp(min=0)  # 0: the most recent
         interest_mask = self.interest_mask(item_seq_len)
-        if table is None and self.n_items <= item_seq.numel():
-            table = self.item_vectors()
         # S applied to the table's n_items rows then gathered equals S applied to each of the
-        # B x w behaviours, and is cheaper whenever n_items < B x w.
-        if table is not None:
+        # B x w behaviours, and is cheaper whenever n_items <= B x w; otherwise S goes to the
+        # behaviours, gathered from the table when the caller has it.
+        whole_table = self.n_items <= item_seq.numel()
+        if table is None and whole_table:
+            table = self.item_vectors()
+        if whole_table:
             behaviours = None
             capsules_in = nn.functional.embedding(item_seq, self.routing.bilinear(table))
         else:
-            behaviours = self.item_vectors(item_seq)
+            behaviours = self.item_vectors(item_seq) if table is None else nn.functional.embedding(item_seq, table)
             capsules_in = self.routing.bilinear(behaviours)
         if self.recency_gain:
             # recency_gain (not in the paper): capsule g_t S e_i with a learned gain per recency t
