@@ -10,7 +10,7 @@ from recbole.utils import init_seed
 
 from recbole_mind import properties
 from recbole_mind.errors import UserError
-from recbole_mind.model import MIND, future_targets
+from recbole_mind.model import MIND
 from recbole_mind.model.scoring import max_interest_scores
 from recbole_mind.config import build_config
 from recbole_mind.data import prepare_data
@@ -623,86 +623,3 @@ def test_attention_sampling_draws_interests_by_their_softmax_in_training_only():
     assert share[2] == 0 and abs(share[0] - expected[0]) < 0.03
     attention.eval()
     assert torch.equal(attention(interests, label, mask).argmax(dim=1), torch.zeros(4000, dtype=torch.long))
-
-
-# --------------------------------------------------------------------------- future_targets
-
-
-def loop_later_labels(users, labels, count):
-    later = []
-    for r in range(len(users)):
-        row = [int(labels[s]) for s in range(r + 1, min(r + 1 + count, len(users))) if users[s] == users[r]]
-        later.append(row + [0] * (count - len(row)))
-    return torch.tensor(later, dtype=torch.long)
-
-
-@pytest.mark.parametrize("count", [1, 3, 7])
-def test_later_labels_equal_a_plain_loop(count):
-    generator = torch.Generator().manual_seed(count)
-    sizes = torch.randint(1, 6, (12,), generator=generator)
-    users = torch.repeat_interleave(torch.arange(12), sizes)
-    labels = torch.randint(1, 50, (len(users),), generator=generator)
-    assert torch.equal(future_targets.later_labels(users, labels, count), loop_later_labels(users, labels, count))
-
-
-def test_attach_reads_only_the_users_later_training_rows(tiny_config):
-    model, train_data = build(tiny_config, future_targets=3, loss_type="CE")
-    rows = train_data._dataset.inter_feat
-    field = future_targets.future_field(model.ITEM_ID)
-    later = rows[field]
-    users, labels = rows[model.USER_ID], rows[model.ITEM_ID]
-    times = rows[train_data._dataset.time_field]
-    assert later.shape == (len(rows), 3)
-    for r in range(len(rows)):
-        # the same user's training rows after this one, in time order
-        after = [s for s in range(len(rows)) if users[s] == users[r] and (times[s], s) > (times[r], r)]
-        expected = [int(labels[s]) for s in sorted(after, key=lambda s: (times[s], s))[:3]]
-        assert later[r].tolist() == expected + [0] * (3 - len(expected))
-    # each user's last training row has nothing later: its validation and test items stay unseen
-    last = torch.ones(len(rows), dtype=torch.bool)
-    last[:-1] = users[1:] != users[:-1]
-    assert not later[last].any()
-    assert field in fixed_batch(train_data)
-
-
-def test_attach_refuses_rows_not_grouped_by_user():
-    class Rows:
-        inter_feat = Interaction({"user_id": torch.tensor([1, 2, 1]), "item_id": torch.tensor([4, 5, 6])})
-
-    with pytest.raises(ValueError, match="grouped by user"):
-        future_targets.attach(Rows(), "item_id", "user_id", 2)
-
-
-def hand_loss(model, batch, count):
-    """Mean over every (row, label) pair of the exact softmax, the next item and the later ones,
-    each label read out by its own hard attention."""
-    interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
-    items = model.item_vectors()
-    later = batch[future_targets.future_field(model.ITEM_ID)]
-    losses = []
-    for b in range(len(later)):
-        for label in [int(batch[model.POS_ITEM_ID][b])] + [int(i) for i in later[b] if i > 0]:
-            scores = interests[b] @ items[label]
-            best = scores.masked_fill(~mask[b], float("-inf")).argmax()
-            logits = (interests[b, best] / model.temperature) @ items[1:].t()
-            losses.append(torch.logsumexp(logits, 0) - logits[label - 1])
-    assert len(losses) > len(later), "the batch must hold later labels"
-    return torch.stack(losses).mean()
-
-
-def test_loss_averages_the_softmax_over_every_label_of_every_row(tiny_config):
-    model, train_data = build(tiny_config, future_targets=2, loss_type="CE", normalize_vectors=True, softmax_dtype="float32",
-                              temperature=0.5, routing_init="seeded")
-    model.train()
-    batch = fixed_batch(train_data)
-    with torch.no_grad():
-        loss = model.calculate_loss(batch)
-        expected = hand_loss(model, batch, 2)
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_bad_future_targets_are_refused(tiny_config):
-    with pytest.raises(UserError, match="future_targets must be >= 0"):
-        build(tiny_config, future_targets=-1)
-    with pytest.raises(UserError, match="future_targets needs loss_type CE"):
-        build(tiny_config, future_targets=2, loss_type="SSM")

@@ -64,7 +64,7 @@ KEYS = {
     "normalize_vectors": _boolean, "attention_power": float, "attention_sampling": _boolean, "temperature": float,
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
-    "item_features": _names, "future_targets": int,
+    "item_features": _names,
 }
 
 
@@ -104,9 +104,6 @@ def read_hyper_parameters(config):
          f"num_negatives must be >= 1 with loss_type SSM, got {hp.num_negatives}"),
         (hp.softmax_dtype in SOFTMAX_DTYPE_CHOICES,
          f"softmax_dtype must be auto, float32 or bfloat16, got {hp.softmax_dtype!r}"),
-        (hp.future_targets >= 0, f"future_targets must be >= 0 (0: the next item only), got {hp.future_targets}"),
-        (hp.future_targets == 0 or hp.loss_type == "CE",
-         f"future_targets needs loss_type CE, got {hp.loss_type!r}"),
         (hp.sampling_distribution in SAMPLING_DISTRIBUTIONS,
          f"sampling_distribution must be uniform or popularity, got {hp.sampling_distribution!r}"),
     )

@@ -20,7 +20,6 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from recbole_mind.model import future_targets
 from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
 from recbole_mind.model.layers import B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count
@@ -60,12 +59,6 @@ class MIND(SequentialRecommender):
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
-        self.future_targets = hp.future_targets
-        self.FUTURE_ITEMS = future_targets.future_field(self.ITEM_ID)
-        if self.future_targets:
-            # future_targets (not in the paper): each training row also retrieves its user's
-            # next M items; model/future_targets.py adds them to the training rows
-            future_targets.attach(dataset, self.ITEM_ID, self.USER_ID, self.future_targets)
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
@@ -231,11 +224,6 @@ class MIND(SequentialRecommender):
         table = self.item_vectors() if self.loss_type == "CE" or self.n_items <= item_seq.numel() else None
         interests, interest_mask = self._interests_of(interaction, table)
         pos_items = interaction[self.POS_ITEM_ID]
-        if self.future_targets:  # one (row, label) pair per label: the next item and the later ones
-            labels = torch.cat([pos_items.unsqueeze(1), interaction[self.FUTURE_ITEMS]], dim=1)
-            rows, slots = labels.nonzero(as_tuple=True)
-            pos_items, item_seq = labels[rows, slots], item_seq[rows]
-            interests, interest_mask = interests[rows], interest_mask[rows]
         pos_emb = table[pos_items] if table is not None else self.item_vectors(pos_items)
         user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
         if self.loss_type == "CE":
