@@ -8,6 +8,10 @@ time (global rank 0's clock), memory the peak resident set of each rank.
 Usage (from the project root, on an otherwise idle machine):
     python -m bench.ddp_throughput --dataset amazon-videogames --data_path ../shared/data \
         --models MIND,GRU4Rec --nprocs 1,2 --out results/timing/ddp/amazon-videogames
+
+``--repeats N`` runs the whole list N times, one after another, each speed-up against the same
+round's one-process run: on a shared machine one process's epoch time drifts between runs, and
+the spread of the rounds is the figure's own uncertainty.
 """
 
 import argparse
@@ -43,13 +47,14 @@ def markdown(rows, command):
     lines = ["# Training throughput, one and several processes", "", f"Command: `{command}`", "",
              "Samples/s: training rows of one epoch over the mean epoch wall time; speed-up over one "
              "process of the same model; memory: peak resident set per rank (MB).", "",
-             "| Model | processes x threads | epoch s | samples/s | speed-up | peak RSS per rank MB |",
-             "|---|---|---|---|---|---|"]
-    single = {r["model"]: r["samples_per_s"] for r in rows if r["nproc"] == 1}
+             "| Round | Model | processes x threads | epoch s | samples/s | speed-up | peak RSS per rank MB |",
+             "|---|---|---|---|---|---|---|"]
+    single = {(r["model"], r.get("round", 1)): r["samples_per_s"] for r in rows if r["nproc"] == 1}
     for r in rows:
-        speedup = r["samples_per_s"] / single[r["model"]] if r["model"] in single else float("nan")
+        key = (r["model"], r.get("round", 1))
+        speedup = r["samples_per_s"] / single[key] if key in single else float("nan")
         mean_s = sum(r["epoch_seconds"]) / len(r["epoch_seconds"])
-        lines.append(f"| {r['model']} | {r['nproc']} x {r['threads_per_process']} | {mean_s:.1f} | "
+        lines.append(f"| {r.get('round', 1)} | {r['model']} | {r['nproc']} x {r['threads_per_process']} | {mean_s:.1f} | "
                      f"{r['samples_per_s']:.0f} | {speedup:.2f}x | "
                      f"{', '.join(f'{m:.0f}' for m in r['rank_peak_rss_mb'])} |")
     return "\n".join(lines) + "\n"
@@ -63,6 +68,7 @@ def main():
     parser.add_argument("--nprocs", default="1,2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the whole list")
     parser.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "NPROC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -71,20 +77,21 @@ def main():
                              args.epochs)))
         return
     rows = []
-    for model in args.models.split(","):
-        for nproc in (int(n) for n in args.nprocs.split(",")):
-            command = [sys.executable, "-m", "bench.ddp_throughput", "--one", model, str(nproc),
-                       "--dataset", args.dataset, "--threads", str(args.threads), "--epochs", str(args.epochs)]
-            if args.data_path:
-                command += ["--data_path", args.data_path]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"error: {model} on {nproc} processes failed: {done.stderr.strip()[-500:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+    for round_, model, nproc in ((r, m, int(n)) for r in range(1, args.repeats + 1)
+                                 for m in args.models.split(",") for n in args.nprocs.split(",")):
+        command = [sys.executable, "-m", "bench.ddp_throughput", "--one", model, str(nproc),
+                   "--dataset", args.dataset, "--threads", str(args.threads), "--epochs", str(args.epochs)]
+        if args.data_path:
+            command += ["--data_path", args.data_path]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"error: {model} on {nproc} processes failed: {done.stderr.strip()[-500:]}")
+        rows.append({"round": round_, **json.loads(done.stdout.strip().splitlines()[-1])})
+        print(rows[-1], flush=True)
     command = (f"python -m bench.ddp_throughput --dataset {args.dataset}"
                + (f" --data_path {args.data_path}" if args.data_path else "")
                + f" --models {args.models} --nprocs {args.nprocs} --threads {args.threads} --epochs {args.epochs}"
+               + (f" --repeats {args.repeats}" if args.repeats > 1 else "")
                + (f" --out {args.out}" if args.out else ""))
     print(markdown(rows, command))
     if args.out:
