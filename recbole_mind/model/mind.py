@@ -164,9 +164,11 @@ class MIND(SequentialRecommender):
             recency = (item_seq_len.unsqueeze(1) - 1 - steps).clamp(min=0)  # 0: the most recent
         interest_mask = self.interest_mask(item_seq_len)
         # S applied to the table's n_items rows then gathered equals S applied to each of the
-        # B x w behaviours, and is cheaper whenever n_items <= B x w; otherwise S goes to the
-        # behaviours, gathered from the table when the caller has it.
-        whole_table = self.n_items <= item_seq.numel()
+        # B x w behaviours, and is cheaper whenever n_items <= B x w. Training takes the cheaper
+        # path (S on the behaviours gathered from the caller's table, if any); outside training a
+        # caller's table always takes the table path: the exported tower needs one path for
+        # every batch size.
+        whole_table = (table is not None and not self.training) or self.n_items <= item_seq.numel()
         if table is None and whole_table:
             table = self.item_vectors()
         if whole_table:
