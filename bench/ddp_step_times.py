@@ -68,13 +68,14 @@ def timed_run(hook="allreduce", **kwargs):
     timed(torch.optim.Adam, "step", "Adam step")
     timed(AbstractTrainer, "set_reduce_hook", "DDP dummy forward")
     timed(AbstractTrainer, "sync_grad_loss", "DDP zero loss")
-    if comm_hook(hook) is not None:
+    replacement = comm_hook(hook)
+    if replacement is not None:
         init = AbstractTrainer.__init__
 
         def with_hook(self, config, model):
             init(self, config, model)
             if hasattr(self, "distributed_model"):
-                self.distributed_model.register_comm_hook(None, comm_hook(hook))
+                self.distributed_model.register_comm_hook(None, replacement)
         AbstractTrainer.__init__ = with_hook
     rank = None
     original_end = distributed.end
