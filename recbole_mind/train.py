@@ -16,6 +16,7 @@ import torch
 from recbole.utils import init_logger, init_seed
 
 from recbole_mind import distributed, multi_target
+from recbole_mind.allocator import keep_freed_memory
 from recbole_mind.categories import genre_field
 from recbole_mind.checkpoint import check_matches, load_checkpoint
 from recbole_mind.config import DEFAULT_DATASET, LOCATION_KEYS, build_config, resolve_model
@@ -56,6 +57,7 @@ def run(model="MIND", dataset=DEFAULT_DATASET, config_files=None, config_dict=No
             "model": model, "dataset": dataset, "config_files": config_files, "saved": saved,
             "resume_from": resume_from, "trainer_hook": trainer_hook,
             "test_history_excluded": test_history_excluded}, config_dict)
+    keep_freed_memory()  # every training process: the ranks, compare's runs, a plain run
     config = build_config(model, dataset, config_files, config_dict)
     check_data(config)  # before RecBole's logging starts, so bad data is one line
     resume_checkpoint = load_checkpoint(resume_from) if resume_from else None

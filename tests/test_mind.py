@@ -628,3 +628,31 @@ def test_attention_sampling_draws_interests_by_their_softmax_in_training_only():
     assert share[2] == 0 and abs(share[0] - expected[0]) < 0.03
     attention.eval()
     assert torch.equal(attention(interests, label, mask).argmax(dim=1), torch.zeros(4000, dtype=torch.long))
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_sparse_table_lookups_give_the_dense_lookups_gradients(tiny_config, features):
+    """The training step looks behaviours and labels up in the computed item table with a sparse
+    gradient (MIND.table_rows): every parameter's gradient equals that of dense lookups."""
+    model, train_data = build(tiny_config, **(FEATURES if features else {}), exclude_history=True,
+                              normalize_vectors=True)
+    batch = fixed_batch(train_data)
+    model.train()
+
+    def gradients():
+        model.zero_grad()
+        torch.manual_seed(7)  # the same routing draw both times
+        model.calculate_loss(batch).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    sparse_lookups = []
+    original = model.table_rows
+    model.table_rows = lambda table, items: sparse_lookups.append(table.grad_fn is not None) or original(table, items)
+    sparse = gradients()
+    model.table_rows = lambda table, items: torch.nn.functional.embedding(items, table)
+    dense = gradients()
+    assert sparse_lookups and all(sparse_lookups)
+    assert sparse.keys() == dense.keys() and "item_embedding.weight" in sparse
+    for name in sparse:
+        assert not sparse[name].is_sparse
+        torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-7, msg=name)

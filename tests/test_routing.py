@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from recbole_mind.model.layers import BEHAVIOURS, INTERESTS, SEEDED, B2IRouting, active_interest_count, squash
+from recbole_mind.model.layers import (BEHAVIOURS, INTERESTS, SEEDED, B2IRouting, active_interest_count, squash,
+                                       unit_length)
 
 D = 6
 L = 7
@@ -275,3 +276,19 @@ def test_seeded_routing_separates_planted_clusters_where_random_starts_do_not():
 def test_unknown_routing_init_is_rejected():
     with pytest.raises(ValueError, match="routing_init"):
         B2IRouting(D, 2, L, init="kmeans")
+
+
+def test_unit_length_equals_normalize_in_value_and_gradient():
+    """unit_length's own backward against autograd through nn.functional.normalize, with a zero
+    row (an inactive interest: its norm is clamped to eps) among the rows."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, D, generator=generator, dtype=torch.float64)
+    x[1, 2] = 0.0
+    upstream = torch.randn(5, 3, D, generator=generator, dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = unit_length(ours)
+    assert torch.equal(y, torch.nn.functional.normalize(x, dim=-1))
+    y.backward(upstream)
+    torch.nn.functional.normalize(theirs, dim=-1).backward(upstream)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-12, atol=0.0)
+    assert torch.autograd.gradcheck(unit_length, (torch.randn(4, D, dtype=torch.float64, requires_grad=True),))

@@ -22,7 +22,8 @@ from torch import nn
 
 from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
-from recbole_mind.model.layers import B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count
+from recbole_mind.model.layers import (B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count,
+                                       unit_length)
 from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores
 from recbole_mind.repeats import describe, resolve_exclude_history
 
@@ -126,7 +127,16 @@ class MIND(SequentialRecommender):
         # normalize_vectors (not in the paper): unit vectors, so every score is a cosine and the
         # softmax's sharpness is the temperature's alone, not the embeddings' norms (which CE
         # grows with an item's frequency). A zero row (an inactive interest) stays zero.
-        return nn.functional.normalize(vectors, dim=-1) if self.normalize_vectors else vectors
+        return unit_length(vectors) if self.normalize_vectors else vectors
+
+    def table_rows(self, table, items):
+        """The rows of ``table`` (all item vectors) for ``items``. When the table is computed (unit
+        vectors, features) their gradient is sparse: autograd adds it into the table's dense
+        gradient, where a dense one would fill and add a zero [n_items, d] tensor for every lookup,
+        every step. The embedding itself as the table keeps dense lookups: Adam takes no sparse
+        gradient."""
+        sparse = table.grad_fn is not None and torch.is_grad_enabled()
+        return nn.functional.embedding(items, table, sparse=sparse)
 
     def interest_mask(self, item_seq_len):
         """[B, K] bool: True for the K'_u active interests of each row."""
@@ -175,7 +185,7 @@ class MIND(SequentialRecommender):
             behaviours = None
             capsules_in = nn.functional.embedding(item_seq, self.routing.bilinear(table))
         else:
-            behaviours = self.item_vectors(item_seq) if table is None else nn.functional.embedding(item_seq, table)
+            behaviours = self.item_vectors(item_seq) if table is None else self.table_rows(table, item_seq)
             capsules_in = self.routing.bilinear(behaviours)
         if self.recency_gain:
             # recency_gain (not in the paper): capsule g_t S e_i with a learned gain per recency t
@@ -193,7 +203,7 @@ class MIND(SequentialRecommender):
             # mean of the interest's behaviours' item vectors, so every score keeps a direct
             # e_b . e_i term, as SASRec's residual stream keeps the last item's embedding.
             if behaviours is None:
-                behaviours = nn.functional.embedding(item_seq, table)
+                behaviours = self.table_rows(table, item_seq)
             if self.recency_gain:
                 behaviours = behaviours * self.recency_log_gain.exp()[recency].unsqueeze(-1)
             interests = interests + self.interest_mean(weights, behaviours)
@@ -226,7 +236,7 @@ class MIND(SequentialRecommender):
         table = self.item_vectors() if self.loss_type == "CE" or self.n_items <= item_seq.numel() else None
         interests, interest_mask = self._interests_of(interaction, table)
         pos_items = interaction[self.POS_ITEM_ID]
-        pos_emb = table[pos_items] if table is not None else self.item_vectors(pos_items)
+        pos_emb = self.table_rows(table, pos_items) if table is not None else self.item_vectors(pos_items)
         user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
         if self.loss_type == "CE":
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
