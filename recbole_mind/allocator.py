@@ -4,9 +4,9 @@ A training step on the CPU allocates and frees tensors of a few MB many times: M
 (23.7k x 64 floats, 6 MB, on amazon-videogames) and its gradients, the softmax's chunks of logits.
 glibc serves such blocks with a fresh ``mmap`` and returns them on ``free``, or trims them from the
 heap, so each step touches them as new pages: thousands of page faults a step, each page zeroed
-by the kernel. Raising the mmap threshold to glibc's 64-bit maximum (32 MB) and the trim threshold to 2 GiB
-keeps freed blocks for reuse. Nothing computed changes; the
-process holds its freed memory instead of giving it back (its peak is unchanged).
+by the kernel. Raising the mmap threshold to glibc's 64-bit maximum (32 MB) and the trim
+threshold to 2 GiB keeps freed blocks for reuse. Nothing computed changes; the process holds its
+freed memory instead of giving it back (its peak is unchanged).
 """
 
 import ctypes
