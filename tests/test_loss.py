@@ -102,3 +102,46 @@ def test_native_bf16_probe_answers_for_this_machine():
 
     assert native_bf16_matmul("cpu") in (True, False)
     assert native_bf16_matmul(torch.device("meta")) is False
+
+
+def hard_negative_reference(user, table, labels, excluded, padding_idx, beta):
+    """REMI's reweighted softmax on full logits, one formula: log(e^s_pos + n sum_i e^{(1+beta)s_i}
+    / sum_i e^{beta s_i}) - s_pos over each row's negatives."""
+    logits = user @ table.t()
+    negative = torch.ones_like(logits, dtype=torch.bool)
+    negative[torch.arange(len(labels)), labels] = False
+    if excluded is not None:
+        negative[excluded] = False
+    negative[:, padding_idx] = False
+    target = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    hard = torch.logsumexp(((1 + beta) * logits).masked_fill(~negative, float("-inf")), dim=1)
+    weights = torch.logsumexp((beta * logits).masked_fill(~negative, float("-inf")), dim=1)
+    reweighted = negative.sum(dim=1).to(logits.dtype).log() + hard - weights
+    return (torch.logaddexp(target, reweighted) - target).mean()
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+@pytest.mark.parametrize("chunk_bytes", [4 << 20, 64 * 4 * 16])
+def test_hard_negative_loss_and_gradients_equal_the_formula(beta, chunk_bytes):
+    generator = torch.Generator().manual_seed(11)
+    rows, d, n_items = 16, 8, 300
+    user = (2 * torch.randn(rows, d, generator=generator, dtype=torch.float64)).requires_grad_()
+    table = torch.randn(n_items, d, generator=generator, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(1, n_items, (rows,), generator=generator)
+    labels[1] = labels[0]
+    pairs = torch.rand(rows, n_items, generator=generator) < 0.2
+    pairs[torch.arange(rows), labels] = False
+    excluded = pairs.nonzero(as_tuple=True)
+    results = []
+    for loss_fn in (lambda: hard_negative_reference(user, table, labels, excluded, 0, beta),
+                    lambda: cross_entropy(user, table, labels, excluded, padding_idx=0, chunk_bytes=chunk_bytes,
+                                          hard_negative_beta=beta)):
+        user.grad = table.grad = None
+        loss = loss_fn()
+        (1.5 * loss).backward()
+        results.append((loss.detach(), user.grad.clone(), table.grad.clone()))
+    for ours, theirs in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+    # beta -> 0 is the plain softmax
+    small = cross_entropy(user, table, labels, excluded, padding_idx=0, hard_negative_beta=1e-9)
+    torch.testing.assert_close(small, reference(user, table, labels, excluded, 0), rtol=1e-6, atol=0.0)
