@@ -90,72 +90,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_user, grad_table, None, None, None, None, None
 
 
-class _HardNegativeCrossEntropy(torch.autograd.Function):
-    """REMI's interest-aware hard negatives over the whole table (Xie et al., RecSys 2023, IHN):
-    each negative's term in the softmax's denominator is weighted by exp(beta s_i) / mean over
-    the row's negatives of exp(beta s), so the negatives that score high weigh more:
-
-        loss = log(exp(s_pos) + n * sum_i exp((1 + beta) s_i) / sum_i exp(beta s_i)) - s_pos,
-
-    sums over the row's n negatives (every item but the label, the padding and the excluded).
-    Chunked as :class:`_ChunkedCrossEntropy`: online log-sum-exps, a backward that recomputes."""
-
-    @staticmethod
-    def _negative_logits(user_m, table_m, labels, start, stop, excluded, padding_idx, dtype):
-        logits = _chunk_logits(user_m, table_m, start, stop, excluded, padding_idx, dtype)
-        rows = torch.nonzero((labels >= start) & (labels < stop), as_tuple=True)[0]
-        logits[rows, labels[rows] - start] = float("-inf")
-        return logits
-
-    @staticmethod
-    def forward(ctx, user, table, labels, excluded, padding_idx, chunk, matmul_dtype, beta):
-        rows, n_items = user.size(0), table.size(0)
-        user_m, table_m = user.to(matmul_dtype), table.to(matmul_dtype)
-        lse_hard = torch.full((rows,), float("-inf"), dtype=user.dtype, device=user.device)
-        lse_beta = lse_hard.clone()
-        count = torch.zeros(rows, dtype=user.dtype, device=user.device)
-        for start in range(0, n_items, chunk):
-            logits = _HardNegativeCrossEntropy._negative_logits(
-                user_m, table_m, labels, start, min(start + chunk, n_items), excluded, padding_idx, user.dtype)
-            lse_hard = torch.logaddexp(lse_hard, torch.logsumexp((1.0 + beta) * logits, dim=1))
-            lse_beta = torch.logaddexp(lse_beta, torch.logsumexp(beta * logits, dim=1))
-            count += torch.isfinite(logits).sum(dim=1)
-        target = (user_m * table_m[labels]).to(user.dtype).sum(dim=1)
-        reweighted = count.log() + lse_hard - lse_beta  # log of the weighted negatives' sum
-        log_denominator = torch.logaddexp(target, reweighted)
-        ctx.save_for_backward(user, table, table_m, labels, target, lse_hard, lse_beta, reweighted, log_denominator)
-        ctx.excluded, ctx.padding_idx, ctx.chunk, ctx.matmul_dtype, ctx.beta = (
-            excluded, padding_idx, chunk, matmul_dtype, beta)
-        return (log_denominator - target).mean()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        user, table, table_m, labels, target, lse_hard, lse_beta, reweighted, log_denominator = ctx.saved_tensors
-        rows, n_items, beta, dtype = user.size(0), table.size(0), ctx.beta, ctx.matmul_dtype
-        user_m = user.to(dtype)
-        scale = grad_output / rows
-        # d loss / d s_i = q ((1 + beta) softmax_{(1+beta)s}(i) - beta softmax_{beta s}(i)), q the
-        # negatives' share of the denominator
-        share = (reweighted - log_denominator).exp().mul_(scale).unsqueeze(1)
-        grad_user = torch.zeros_like(user)
-        grad_table = torch.empty_like(table)
-        for start in range(0, n_items, ctx.chunk):
-            stop = min(start + ctx.chunk, n_items)
-            logits = _HardNegativeCrossEntropy._negative_logits(
-                user_m, table_m, labels, start, stop, ctx.excluded, ctx.padding_idx, user.dtype)
-            grad = ((1.0 + beta) * logits - lse_hard.unsqueeze(1)).exp_().mul_(1.0 + beta)
-            grad.sub_((beta * logits - lse_beta.unsqueeze(1)).exp_().mul_(beta)).mul_(share)
-            grad_m = grad.to(dtype)
-            grad_user += (grad_m @ table_m[start:stop]).to(user.dtype)
-            grad_table[start:stop] = grad_m.t() @ user_m
-        label_grad = ((target - log_denominator).exp() - 1.0).mul_(scale).unsqueeze(1)  # d loss / d s_pos
-        grad_user.add_(label_grad * table[labels])
-        grad_table.index_add_(0, labels, label_grad * user)
-        return grad_user, grad_table, None, None, None, None, None, None
-
-
 def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_bytes=DEFAULT_CHUNK_BYTES,
-                  matmul_dtype=None, hard_negative_beta=0.0):
+                  matmul_dtype=None):
     """mean over rows of -log softmax(user @ table.T)[label], items in ``excluded`` left out.
 
     Args:
@@ -169,14 +105,10 @@ def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_by
         matmul_dtype: the dtype of the three matmuls (default: the inputs'); ``torch.bfloat16``
             roughly halves their time on CPUs with bf16 units, at bf16's ~3 significant digits
             in each logit (the log-sum-exp and the gradients' sums stay in float32).
-        hard_negative_beta: REMI's beta (:class:`_HardNegativeCrossEntropy`); 0 is the plain softmax.
     """
     chunk = _chunk_size(user.size(0), chunk_bytes)
     if excluded is not None:
         excluded = _Exclusions(*excluded)
-    if hard_negative_beta:
-        return _HardNegativeCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk,
-                                               matmul_dtype or user.dtype, float(hard_negative_beta))
     return _ChunkedCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk,
                                       matmul_dtype or user.dtype)
 

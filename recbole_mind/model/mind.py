@@ -59,7 +59,6 @@ class MIND(SequentialRecommender):
         getLogger().info(describe(self.exclude_history_choice))
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
-        self.hard_negative_beta = hp.hard_negative_beta
         self.num_negatives = hp.num_negatives
 
         # define layers and loss
@@ -242,7 +241,7 @@ class MIND(SequentialRecommender):
         if self.loss_type == "CE":
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
             return cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
-                                 matmul_dtype=self.softmax_matmul_dtype, hard_negative_beta=self.hard_negative_beta)
+                                 matmul_dtype=self.softmax_matmul_dtype)
         if self.loss_type == "SSM":
             negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
             return sampled_softmax(user_vec, pos_items, pos_emb, negatives, self.item_vectors(negatives),
