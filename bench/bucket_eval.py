@@ -8,6 +8,8 @@ test row with the model's own ``full_sort_predict``, removes the row's input seq
 ranking for every model alike (as the comparison's history-excluded table does), and reports
 the metrics per bucket of history length n (the items before the test item, capped at
 MAX_ITEM_LIST_LENGTH). The "all" row reproduces each model's history-excluded test figures.
+A checkpoint trained under the multi-target protocol is measured on its own protocol: each held-out
+user's Recall@50 over their targets, by the length of their input sequence.
 ``--by popularity`` buckets the rows by the test item's count among the training split's
 interactions instead: whether a model loses on the head of the catalogue or on its tail.
 
@@ -35,6 +37,27 @@ def load(path, data_path=None):
     model_name = load_checkpoint(path)["config"]["model"]  # MIND or a RecBole built-in
     restored = restore(path, model=model_name, data_path=data_path, purpose="bench.bucket_eval")
     return restored.model, restored.test_data, train_counts(restored.train_data._dataset)
+
+
+def multi_target_recalls(model, test_data, n=50):
+    """(user ids, input lengths, Recall@n of each row) under the multi-target protocol: the row's
+    input sequence and the padding item removed from the ranking, as the protocol does."""
+    import torch
+
+    users, lengths, recalls, offset = [], [], [], 0
+    with torch.no_grad():
+        for interaction, (rows, items), _, _ in test_data:
+            scores = model.full_sort_predict(interaction).view(len(interaction), -1).clone()
+            scores[:, 0] = -math.inf
+            scores[rows, items] = -math.inf
+            top = scores.topk(n, dim=1).indices
+            targets = test_data.targets[offset:offset + len(interaction)]
+            offset += len(interaction)
+            found = ((top.unsqueeze(2) == targets.unsqueeze(1)) & (targets.unsqueeze(1) > 0)).any(dim=1)
+            recalls.append(found.sum(dim=1).double() / (targets > 0).sum(dim=1).double())
+            lengths.append(interaction[model.ITEM_SEQ_LEN])
+            users.append(interaction[model.USER_ID])
+    return torch.cat(users), torch.cat(lengths), torch.cat(recalls)
 
 
 def train_counts(dataset):
@@ -100,6 +123,13 @@ def main():
             model, test_data, counts = load(path, args.data_path)
         except UserError as e:
             raise SystemExit(f"error: {e}") from None
+        if hasattr(test_data, "targets"):  # the multi-target protocol: several targets a row
+            if args.by != "history":
+                raise SystemExit("error: --by popularity is for one test item a row (leave-one-out)")
+            users, lengths, recalls = multi_target_recalls(model, test_data)
+            order = users.argsort()
+            results[label] = (users[order], lengths[order], recalls[order])
+            continue
         users, lengths, targets, ranks = test_ranks(model, test_data)
         order = users.argsort()
         key = lengths if args.by == "history" else counts[targets]
@@ -110,7 +140,10 @@ def main():
         if not torch.equal(results[label][0], users):
             raise SystemExit(f"error: {label} was not evaluated on the same test users as {labels[0]}")
 
-    header = ["history n" if args.by == "history" else "test item's training count", "users"] + [f"{label} {m}" for label in labels for m in ("NDCG@10", "R@50")]
+    multi = results[labels[0]][2].is_floating_point()  # per-row recalls rather than ranks
+    names = ("R@50",) if multi else ("NDCG@10", "R@50")
+    measure = (lambda recalls: [float(recalls.mean())]) if multi else metrics
+    header = ["history n" if args.by == "history" else "test item's training count", "users"] + [f"{label} {m}" for label in labels for m in names]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for low, high in ((-1, 10**9), *(BUCKETS if args.by == "history" else POPULARITY_BUCKETS)):
@@ -120,9 +153,9 @@ def main():
         name = "all" if low == -1 else (str(low) if low == high else f"{low}+" if high == 10**9 else f"{low}-{high}")
         cells = [name, str(int(rows.sum()))]
         for label in labels:
-            cells += [f"{v:.4f}" for v in metrics(results[label][2][rows])]
+            cells += [f"{v:.4f}" for v in measure(results[label][2][rows])]
         print("| " + " | ".join(cells) + " |")
-    if len(labels) == 2:
+    if len(labels) == 2 and not multi:
         a, b = (results[label][2] for label in labels)
         print(f"\n{labels[0]} ranks the test item higher for {float((a < b).double().mean()):.1%} of users, "
               f"{labels[1]} for {float((b < a).double().mean()):.1%}, tied {float((a == b).double().mean()):.1%}")
