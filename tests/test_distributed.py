@@ -109,13 +109,16 @@ def test_launch_settings_complete_and_check_the_flags():
 
 def test_torchrun_runs_the_command_line(odd_root, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    rank_logs = tmp_path / "ranks"  # each rank's own output, kept for the failure message
     command = [torchrun, "--nproc_per_node", "2", "--master_port", str(distributed.free_port()),
+               "--log_dir", str(rank_logs), "--redirects", "3", "--tee", "3",
                os.path.join(ROOT, "run_recbole_mind.py"), "--dataset", "odd", f"--data_path={odd_root}",
                "--epochs=0", "--MAX_ITEM_LIST_LENGTH=10", "--embedding_size=16", "--eval_batch_size=16",
                "--topk=[5,10]", "--seed=7", "--torch_threads", "1", f"--checkpoint_dir={tmp_path / 'saved'}"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:] + "".join(
+        f"\n--- {log.relative_to(rank_logs)}\n{log.read_text()[-1500:]}" for log in sorted(rank_logs.rglob("*.log")))
     assert done.stdout.count("MIND on odd: 0 epochs") == 1  # global rank 0 reports, once
 
 
