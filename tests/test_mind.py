@@ -656,3 +656,52 @@ def test_sparse_table_lookups_give_the_dense_lookups_gradients(tiny_config, feat
     for name in sparse:
         assert not sparse[name].is_sparse
         torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_interest_diversity_adds_the_mean_pairwise_cosine_of_the_active_interests(tiny_config):
+    weight = 0.7
+    model, train_data = build(tiny_config, interest_diversity=weight, exclude_history=False)  # paper: dynamic K'_u
+    model.train()
+    batch = fixed_batch(train_data)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = model.calculate_loss(batch)
+        ce = hand_ce_loss(model, batch, 5, exclude=False)
+        torch.manual_seed(5)
+        interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    row_means = []
+    for b in range(interests.size(0)):
+        active = [v / v.norm() for v, on in zip(interests[b], mask[b]) if on]
+        cosines = [float(active[i] @ active[j]) for i in range(len(active)) for j in range(i + 1, len(active))]
+        if cosines:
+            row_means.append(sum(cosines) / len(cosines))
+    assert 0 < len(row_means) < interests.size(0), "the batch must hold rows with one interest and with several"
+    torch.testing.assert_close(loss.item(), ce.item() + weight * sum(row_means) / len(row_means), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("routing_gradient", [False, True])
+def test_routing_gradient_makes_the_loss_gradient_exact_through_the_routing(tiny_config, routing_gradient):
+    # A directional finite difference of the loss along a random change of S: with the routing
+    # logits in the graph, autograd's gradient is the loss's true derivative; without, it leaves
+    # out the routing's own dependence on S and misses it.
+    model, train_data = build(tiny_config, routing_init="seeded", routing_gradient=routing_gradient,
+                              exclude_history=False, softmax_dtype="float32")
+    model = model.double().train()
+    batch = fixed_batch(train_data)
+    weight = model.routing.bilinear.weight
+    direction = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0), dtype=weight.dtype)
+    model.zero_grad()
+    model.calculate_loss(batch).backward()
+    autograd = float((weight.grad * direction).sum())
+    with torch.no_grad():
+        eps = 1e-6
+        weight += eps * direction
+        up = model.calculate_loss(batch).item()
+        weight -= 2 * eps * direction
+        down = model.calculate_loss(batch).item()
+        weight += eps * direction
+    numeric = (up - down) / (2 * eps)
+    if routing_gradient:
+        assert numeric == pytest.approx(autograd, rel=1e-4, abs=1e-8)
+    else:
+        assert abs(numeric - autograd) > 0.1 * abs(numeric), (numeric, autograd)

@@ -64,7 +64,7 @@ KEYS = {
     "normalize_vectors": _boolean, "attention_power": float, "attention_sampling": _boolean, "temperature": float,
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
-    "item_features": _names,
+    "item_features": _names, "interest_diversity": float, "routing_gradient": _boolean,
 }
 
 
@@ -98,6 +98,7 @@ def read_hyper_parameters(config):
         (hp.routing_init in ("random", "seeded"), f"routing_init must be random or seeded, got {hp.routing_init!r}"),
         (hp.routing_softmax_axis in ("interests", "behaviours"),
          f"routing_softmax_axis must be interests or behaviours, got {hp.routing_softmax_axis!r}"),
+        (hp.interest_diversity >= 0, f"interest_diversity must be >= 0, got {hp.interest_diversity}"),
         (hp.temperature > 0, f"temperature must be > 0, got {hp.temperature}"),
         (hp.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}"),
         (hp.loss_type != "SSM" or hp.num_negatives >= 1,

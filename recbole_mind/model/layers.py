@@ -88,7 +88,7 @@ class B2IRouting(nn.Module):
     """
 
     def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3,
-                 init_std=1.0, softmax_axis=INTERESTS, seed=2019, init=RANDOM):
+                 init_std=1.0, softmax_axis=INTERESTS, seed=2019, init=RANDOM, gradient=False):
         super().__init__()
         if softmax_axis not in (INTERESTS, BEHAVIOURS):
             raise ValueError(
@@ -98,6 +98,7 @@ class B2IRouting(nn.Module):
             raise ValueError(f"routing_init must be '{RANDOM}' or '{SEEDED}', got {init!r}")
         self.interest_num = interest_num
         self.iterations = iterations
+        self.gradient = gradient
         self.init_std = init_std
         self.init = init
         self.softmax_axis = softmax_axis
@@ -161,6 +162,8 @@ class B2IRouting(nn.Module):
         """
         dim = -1 if self.softmax_axis == INTERESTS else 1
         masked = logits.masked_fill(~mask, _MASKED_LOGIT)
+        if masked.requires_grad:  # routing_gradient: autograd needs the out-of-place softmax
+            return torch.softmax(masked, dim=dim) * mask
         exp = (masked - masked.amax(dim=dim, keepdim=True)).exp_()
         return exp.div_(exp.sum(dim=dim, keepdim=True)).mul_(mask)
 
@@ -189,7 +192,7 @@ class B2IRouting(nn.Module):
         the others masked. The seeded start needs neither: it is computed from the behaviours.
         """
         batch_size, routed_length, _ = projected.shape
-        projected_const = projected.detach()
+        projected_const = projected if self.gradient else projected.detach()
         if logits is None and self.init == SEEDED:
             logits = self.seeded_logits(projected_const, seq_mask, interest_mask)
         elif logits is None:

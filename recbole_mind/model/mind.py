@@ -60,6 +60,7 @@ class MIND(SequentialRecommender):
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
+        self.interest_diversity = hp.interest_diversity
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
@@ -70,7 +71,7 @@ class MIND(SequentialRecommender):
         self.routing = B2IRouting(self.embedding_size, self.interest_num, self.max_seq_length,
                                   iterations=hp.routing_iterations, init_std=hp.routing_init_std,
                                   softmax_axis=hp.routing_softmax_axis, seed=hp.routing_seed,
-                                  init=hp.routing_init)
+                                  init=hp.routing_init, gradient=hp.routing_gradient)
         tower, width = [], self.embedding_size * (1 + len(hp.user_features))
         for _ in range(hp.hidden_layers):
             tower += [nn.Linear(width, self.embedding_size), nn.ReLU()]
@@ -234,23 +235,40 @@ class MIND(SequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         # CE scores every item anyway: compute the table once and gather behaviours and labels
         table = self.item_vectors() if self.loss_type == "CE" or self.n_items <= item_seq.numel() else None
-        interests, interest_mask = self._interests_of(interaction, table)
+        user = interaction[self.USER_ID] if self.user_profile is not None else None
+        routing = self.route(item_seq, interaction[self.ITEM_SEQ_LEN], user, table=table)
+        interests, interest_mask = routing.interests, routing.interest_mask
+        penalty = self.interest_penalties(routing)
         pos_items = interaction[self.POS_ITEM_ID]
         pos_emb = self.table_rows(table, pos_items) if table is not None else self.item_vectors(pos_items)
         user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
         if self.loss_type == "CE":
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
-            return cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
-                                 matmul_dtype=self.softmax_matmul_dtype)
+            return penalty + cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
+                                           matmul_dtype=self.softmax_matmul_dtype)
         if self.loss_type == "SSM":
             negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
-            return sampled_softmax(user_vec, pos_items, pos_emb, negatives, self.item_vectors(negatives),
-                                   self.sampling_log_prob, item_seq if self.exclude_history else None)
+            return penalty + sampled_softmax(user_vec, pos_items, pos_emb, negatives, self.item_vectors(negatives),
+                                             self.sampling_log_prob, item_seq if self.exclude_history else None)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
             torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device))
         pos_score = (user_vec * pos_emb).sum(-1)
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
-        return self.bpr_loss(pos_score, neg_score)
+        return penalty + self.bpr_loss(pos_score, neg_score)
+
+    def interest_penalties(self, routing):
+        """``interest_diversity`` times the mean pairwise cosine of each row's active interests,
+        averaged over the rows with two or more (0 when the weight is 0)."""
+        penalty = routing.interests.new_zeros(())
+        mask = routing.interest_mask
+        if self.interest_diversity > 0 and self.interest_num > 1:
+            unit = unit_length(routing.interests)
+            cosine = unit @ unit.transpose(1, 2)  # [B, K, K]
+            pairs = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)
+            per_row = (cosine * pairs).sum(dim=(1, 2)) / pairs.sum(dim=(1, 2)).clamp(min=1)
+            has_pairs = pairs.flatten(1).any(dim=1)
+            penalty = penalty + self.interest_diversity * per_row[has_pairs].sum() / has_pairs.sum().clamp(min=1)
+        return penalty
 
     @staticmethod
     def history_pairs(item_seq, labels):
