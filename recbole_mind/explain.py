@@ -30,6 +30,7 @@ from recbole_mind.categories import (CLUSTER_DIM, CLUSTERS, GENRE_FIELDS, cluste
 from recbole_mind.checkpoint import restore
 from recbole_mind.errors import UserError
 from recbole_mind.files import write_json_atomic
+from recbole_mind.model.layers import mean_pairwise_cosine
 
 # .item columns used as titles when the dataset has them (ml-100k: movie_title).
 TITLE_FIELDS = ("movie_title", "title")
@@ -296,14 +297,6 @@ def capsule_health(routed, target_emb, initial_logits=None):
     whether routing only follows its random start (1/K'_u of behaviours by chance).
     """
     mask = routed["mask"]
-    pair = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)  # [B, K, K], i < j
-
-    def mean_cosine(vectors):
-        unit = F.normalize(vectors, dim=-1)
-        gram = unit @ unit.transpose(1, 2)
-        count = pair.sum(dim=(1, 2))
-        return torch.where(count > 0, (gram * pair).sum(dim=(1, 2)) / count.clamp(min=1), float("nan"))
-
     scores = torch.einsum("bkd,bd->bk", routed["interests"], target_emb).masked_fill(~mask, float("-inf"))
     # the behaviours routing saw, exactly those it gives weight (a softmax over at least one
     # active interest): with behaviour_window, not the older ones, which would count as weight 0
@@ -311,8 +304,8 @@ def capsule_health(routed, target_emb, initial_logits=None):
     seq_mask = routed["weights"].sum(dim=-1) > 0
     health = {
         "active": mask.sum(dim=1).numpy(),
-        "cosine": mean_cosine(routed["interests"]).numpy(),
-        "capsule_cosine": mean_cosine(routed["capsules"]).numpy(),
+        "cosine": mean_pairwise_cosine(routed["interests"], mask).numpy(),
+        "capsule_cosine": mean_pairwise_cosine(routed["capsules"], mask).numpy(),
         "norms": routed["interests"].norm(dim=-1).masked_fill(~mask, float("nan")).numpy(),
         "winner": scores.argmax(dim=1).numpy(),
         "max_weight": routed["weights"].amax(dim=-1)[seq_mask].numpy(),

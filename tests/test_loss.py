@@ -82,6 +82,17 @@ def test_mind_rejects_an_unknown_softmax_dtype(tiny_config):
         read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"softmax_dtype": "float16"}))
 
 
+def test_interest_diversity_asks_for_the_routing_gradient(tiny_config):
+    from recbole_mind.errors import UserError
+    from recbole_mind.model.hyper_parameters import read_hyper_parameters
+    from recbole_mind.config import build_config
+
+    with pytest.raises(UserError, match="interest_diversity needs routing_gradient: True"):
+        read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"interest_diversity": 0.3}))
+    both = {"interest_diversity": 0.3, "routing_gradient": True}
+    assert read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | both)).interest_diversity == 0.3
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_softmax_dtype_follows_the_hardware(tiny_config, monkeypatch, native):
     from recbole_mind.model import hyper_parameters as mind

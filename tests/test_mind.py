@@ -660,7 +660,8 @@ def test_sparse_table_lookups_give_the_dense_lookups_gradients(tiny_config, feat
 
 def test_interest_diversity_adds_the_mean_pairwise_cosine_of_the_active_interests(tiny_config):
     weight = 0.7
-    model, train_data = build(tiny_config, interest_diversity=weight, exclude_history=False)  # paper: dynamic K'_u
+    model, train_data = build(tiny_config, interest_diversity=weight, routing_gradient=True,
+                              exclude_history=False)  # the paper's dynamic K'_u: rows with one interest
     model.train()
     batch = fixed_batch(train_data)
     with torch.no_grad():

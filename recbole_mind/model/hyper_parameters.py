@@ -99,6 +99,9 @@ def read_hyper_parameters(config):
         (hp.routing_softmax_axis in ("interests", "behaviours"),
          f"routing_softmax_axis must be interests or behaviours, got {hp.routing_softmax_axis!r}"),
         (hp.interest_diversity >= 0, f"interest_diversity must be >= 0, got {hp.interest_diversity}"),
+        (hp.interest_diversity == 0 or hp.routing_gradient,
+         "interest_diversity needs routing_gradient: True (without it no gradient reaches the routing, "
+         "and the penalty does not separate the interests)"),
         (hp.temperature > 0, f"temperature must be > 0, got {hp.temperature}"),
         (hp.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}"),
         (hp.loss_type != "SSM" or hp.num_negatives >= 1,

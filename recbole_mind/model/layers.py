@@ -58,6 +58,16 @@ def unit_length(x, eps=1e-12):
     return nn.functional.normalize(x, dim=-1, eps=eps)
 
 
+def mean_pairwise_cosine(vectors, mask):
+    """[B]: the mean cosine over pairs of a row's active vectors ([B, K, d], ``mask`` [B, K]);
+    NaN for a row with fewer than two."""
+    pairs = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)  # [B, K, K], i < j
+    unit = unit_length(vectors)
+    count = pairs.sum(dim=(1, 2))
+    total = ((unit @ unit.transpose(1, 2)) * pairs).sum(dim=(1, 2))
+    return torch.where(count > 0, total / count.clamp(min=1), float("nan"))
+
+
 def active_interest_count(seq_len, interest_num, dynamic):
     """K'_u = max(1, min(K, floor(log2 n))) if dynamic else K, for a tensor of lengths n."""
     if not dynamic:

@@ -23,7 +23,7 @@ from torch import nn
 from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
 from recbole_mind.model.layers import (B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count,
-                                       unit_length)
+                                       mean_pairwise_cosine, unit_length)
 from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores
 from recbole_mind.repeats import describe, resolve_exclude_history
 
@@ -259,16 +259,11 @@ class MIND(SequentialRecommender):
     def interest_penalties(self, routing):
         """``interest_diversity`` times the mean pairwise cosine of each row's active interests,
         averaged over the rows with two or more (0 when the weight is 0)."""
-        penalty = routing.interests.new_zeros(())
-        mask = routing.interest_mask
-        if self.interest_diversity > 0 and self.interest_num > 1:
-            unit = unit_length(routing.interests)
-            cosine = unit @ unit.transpose(1, 2)  # [B, K, K]
-            pairs = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)
-            per_row = (cosine * pairs).sum(dim=(1, 2)) / pairs.sum(dim=(1, 2)).clamp(min=1)
-            has_pairs = pairs.flatten(1).any(dim=1)
-            penalty = penalty + self.interest_diversity * per_row[has_pairs].sum() / has_pairs.sum().clamp(min=1)
-        return penalty
+        if self.interest_diversity == 0 or self.interest_num == 1:
+            return 0.0
+        cosine = mean_pairwise_cosine(routing.interests, routing.interest_mask)
+        several = ~cosine.isnan()
+        return self.interest_diversity * cosine[several].sum() / several.sum().clamp(min=1)
 
     @staticmethod
     def history_pairs(item_seq, labels):
