@@ -204,8 +204,15 @@ def protocol_of(name, dataset, config_files, config_dict, overrides, seed=None):
 
 def same_protocol(stored, fresh):
     """Whether a stored run's protocol is ``fresh`` (the package version included: another
-    version may compute other figures)."""
-    return dict(stored or {}) == dict(fresh)
+    version may compute other figures). A MIND key the stored run does not name matches at its
+    default: a key is added opt-in, its default the model as it was (tests/test_compare.py)."""
+    stored, fresh = dict(stored or {}), dict(fresh)
+    if isinstance(stored.get(MODEL_SETTINGS), dict) and isinstance(fresh.get(MODEL_SETTINGS), dict):
+        defaults = _plain(vars(read_hyper_parameters({})))
+        added = {k: v for k, v in fresh[MODEL_SETTINGS].items()
+                 if k not in stored[MODEL_SETTINGS] and k in defaults and v == defaults[k]}
+        stored[MODEL_SETTINGS] = {**stored[MODEL_SETTINGS], **added}
+    return stored == fresh
 
 
 def _plain(value):

@@ -214,3 +214,16 @@ def test_compare_under_the_multi_target_protocol_over_two_user_splits(tiny_root,
     assert "lr=" not in capsys.readouterr().out
     assert cli.main([a for a in argv if a != "--eval_protocol=multi_target"]) == 2
     assert "--split_seeds is for the multi_target protocol" in capsys.readouterr().err
+
+
+def test_a_mind_key_added_later_matches_a_stored_run_only_at_its_default():
+    from recbole_mind.compare import MODEL_SETTINGS, same_protocol
+
+    fresh = {"dataset": "tiny", "version": __version__,
+             MODEL_SETTINGS: {"interest_num": 4, "interest_diversity": 0.0, "routing_gradient": False}}
+    stored = {"dataset": "tiny", "version": __version__, MODEL_SETTINGS: {"interest_num": 4}}
+    assert same_protocol(stored, fresh)  # the stored run predates the keys; their defaults are that model
+    assert not same_protocol(stored, {**fresh, MODEL_SETTINGS: {**fresh[MODEL_SETTINGS], "routing_gradient": True}})
+    assert not same_protocol({**stored, MODEL_SETTINGS: {"interest_num": 1}}, fresh)
+    assert not same_protocol(fresh, stored)  # a key the fresh settings lack is no match
+    assert same_protocol({"dataset": "tiny", MODEL_SETTINGS: None}, {"dataset": "tiny", MODEL_SETTINGS: None})
