@@ -95,6 +95,8 @@ class B2IRouting(nn.Module):
             behaviours (the most recent, then farthest-point picks), and the start logits are
             their agreements u_j . S e_i, as after a routing step: k-means seeded from the data
             instead of from a random, position-fixed split; the same in training and serving.
+        gradient: keep the routing logits in the graph (not in the paper; ComiRec detaches
+            them), so a loss also trains what each interest gathers, not only the last z_j.
     """
 
     def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3,
@@ -211,7 +213,7 @@ class B2IRouting(nn.Module):
         for iteration in range(self.iterations):
             weights = self.routing_weights(logits, mask)
             last = iteration == self.iterations - 1
-            # The logits carry no gradient: only the last z_j sees S e_i with its gradient.
+            # Unless ``gradient``, the logits carry no gradient: only the last z_j sees S e_i with its gradient.
             interests = squash(torch.einsum("blk,bld->bkd", weights, projected if last else projected_const))
             if not last:
                 logits = logits + torch.einsum("bkd,bld->blk", interests, projected_const)
