@@ -44,19 +44,16 @@ def multi_target_recalls(model, test_data, n=50):
     input sequence and the padding item removed from the ranking, as the protocol does."""
     import torch
 
+    from recbole_mind.multi_target import top_lists
+
     users, lengths, recalls, offset = [], [], [], 0
-    with torch.no_grad():
-        for interaction, (rows, items), _, _ in test_data:
-            scores = model.full_sort_predict(interaction).view(len(interaction), -1).clone()
-            scores[:, 0] = -math.inf
-            scores[rows, items] = -math.inf
-            top = scores.topk(n, dim=1).indices
-            targets = test_data.targets[offset:offset + len(interaction)]
-            offset += len(interaction)
-            found = ((top.unsqueeze(2) == targets.unsqueeze(1)) & (targets.unsqueeze(1) > 0)).any(dim=1)
-            recalls.append(found.sum(dim=1).double() / (targets > 0).sum(dim=1).double())
-            lengths.append(interaction[model.ITEM_SEQ_LEN])
-            users.append(interaction[model.USER_ID])
+    for interaction, top in top_lists(model, test_data, n):
+        targets = test_data.targets[offset:offset + len(interaction)]
+        offset += len(interaction)
+        found = ((top.unsqueeze(2) == targets.unsqueeze(1)) & (targets.unsqueeze(1) > 0)).any(dim=1)
+        recalls.append(found.sum(dim=1).double() / (targets > 0).sum(dim=1).double())
+        lengths.append(interaction[model.ITEM_SEQ_LEN])
+        users.append(interaction[model.USER_ID])
     return torch.cat(users), torch.cat(lengths), torch.cat(recalls)
 
 

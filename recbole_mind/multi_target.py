@@ -152,17 +152,22 @@ def _tokens(dataset, users):
 
 
 @torch.no_grad()
+def top_lists(model, eval_data, n, device="cpu"):
+    """(interaction, top-n items [rows, n]) for each batch of ``eval_data``: the model's full
+    ranking with the padding item and each row's input sequence removed, as the evaluation ranks."""
+    model.eval()
+    with torch.no_grad():
+        for interaction, (rows, items), _, _ in eval_data:
+            scores = model.full_sort_predict(interaction.to(device)).view(len(interaction), -1).clone()
+            scores[:, 0] = -np.inf
+            scores[rows, items] = -np.inf
+            yield interaction, scores.topk(n, dim=1).indices.cpu()
+
+
 def list_metrics(model, eval_data, labels, topk, device="cpu"):
     """{'diversity@N': ...} of the model's top-N lists on ``eval_data`` (the input sequence
     removed, as in the evaluation), for every N in ``topk``."""
-    model.eval()
-    lists = []
-    for interaction, (rows, items), _, _ in eval_data:
-        scores = model.full_sort_predict(interaction.to(device)).view(len(interaction), -1).clone()
-        scores[:, 0] = -np.inf
-        scores[rows, items] = -np.inf
-        lists.append(scores.topk(max(topk), dim=1).indices.cpu())
-    top = torch.cat(lists)
+    top = torch.cat([lists for _, lists in top_lists(model, eval_data, max(topk), device)])
     return {f"diversity@{n}": diversity(top[:, :n], labels) for n in topk}
 
 
