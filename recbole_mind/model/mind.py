@@ -226,19 +226,22 @@ class MIND(SequentialRecommender):
             weights = weights.new_zeros(weights.size(0), item_seq.size(1), self.interest_num).scatter_(1, index, weights)
         return routing.interests, routing.interest_mask, weights, routing.capsules
 
-    def _interests_of(self, interaction, table=None):
+    def _routing_of(self, interaction, table=None):
         user = interaction[self.USER_ID] if self.user_profile is not None else None
-        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user, table=table)
+        return self.route(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user, table=table)
+
+    def _interests_of(self, interaction, table=None):
+        routing = self._routing_of(interaction, table)
+        return routing.interests, routing.interest_mask
 
     # ----------------------------------------------------------------- training
     def calculate_loss(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]
         # CE scores every item anyway: compute the table once and gather behaviours and labels
         table = self.item_vectors() if self.loss_type == "CE" or self.n_items <= item_seq.numel() else None
-        user = interaction[self.USER_ID] if self.user_profile is not None else None
-        routing = self.route(item_seq, interaction[self.ITEM_SEQ_LEN], user, table=table)
+        routing = self._routing_of(interaction, table)
         interests, interest_mask = routing.interests, routing.interest_mask
-        penalty = self.interest_penalties(routing)
+        penalty = self.interest_penalty(routing)
         pos_items = interaction[self.POS_ITEM_ID]
         pos_emb = self.table_rows(table, pos_items) if table is not None else self.item_vectors(pos_items)
         user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
@@ -256,7 +259,7 @@ class MIND(SequentialRecommender):
         neg_score = (user_vec * self.item_vectors(neg_items)).sum(-1)
         return penalty + self.bpr_loss(pos_score, neg_score)
 
-    def interest_penalties(self, routing):
+    def interest_penalty(self, routing):
         """``interest_diversity`` times the mean pairwise cosine of each row's active interests,
         averaged over the rows with two or more (0 when the weight is 0)."""
         if self.interest_diversity == 0 or self.interest_num == 1:
