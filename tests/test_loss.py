@@ -7,7 +7,10 @@ from recbole_mind.model.loss import cross_entropy
 
 
 def reference(user, table, labels, excluded, padding_idx):
-    logits = user @ table.t()
+    if user.dim() == 2:
+        logits = user @ table.t()
+    else:  # a copy of the max: the padding is set in place below
+        logits = torch.einsum("bkd,nd->bkn", user, table).amax(dim=1).clone()
     if excluded is not None:
         dense = torch.zeros_like(logits, dtype=torch.bool)
         dense[excluded] = True
@@ -19,10 +22,13 @@ def reference(user, table, labels, excluded, padding_idx):
 
 @pytest.mark.parametrize("n_items, chunk_bytes", [(50, 4 << 20), (1001, 64 * 4 * 16), (1001, 4000 * 4 * 16)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_loss_and_gradients_equal_the_plain_softmax(n_items, chunk_bytes, masked):
+@pytest.mark.parametrize("k", [None, 1, 3])
+def test_loss_and_gradients_equal_the_plain_softmax(n_items, chunk_bytes, masked, k):
+    """``k``: that many vectors a row (an item's logit is the best of them); None: one [B, d]."""
     generator = torch.Generator().manual_seed(n_items + masked)
     rows, d = 16, 8
-    user = (3 * torch.randn(rows, d, generator=generator, dtype=torch.float64)).requires_grad_()
+    shape = (rows, d) if k is None else (rows, k, d)
+    user = (3 * torch.randn(*shape, generator=generator, dtype=torch.float64)).requires_grad_()
     table = torch.randn(n_items, d, generator=generator, dtype=torch.float64).requires_grad_()
     labels = torch.randint(1, n_items, (rows,), generator=generator)
     labels[1] = labels[0]  # a repeated label: the one-hot term must add up
@@ -91,6 +97,19 @@ def test_interest_diversity_asks_for_the_routing_gradient(tiny_config):
         read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"interest_diversity": 0.3}))
     both = {"interest_diversity": 0.3, "routing_gradient": True}
     assert read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | both)).interest_diversity == 0.3
+
+
+def test_merged_training_scores_ask_for_the_exact_softmax(tiny_config):
+    from recbole_mind.config import build_config
+    from recbole_mind.errors import UserError
+    from recbole_mind.model.hyper_parameters import read_hyper_parameters
+
+    for loss in ("SSM", "BPR"):
+        with pytest.raises(UserError, match="training_scores: merged needs loss_type: CE"):
+            read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {
+                "training_scores": "merged", "loss_type": loss}))
+    with pytest.raises(UserError, match="training_scores must be label_aware or merged, got 'max'"):
+        read_hyper_parameters(build_config("MIND", "tiny", config_dict=tiny_config | {"training_scores": "max"}))
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -348,8 +348,9 @@ def test_exclude_history_masks_exactly_the_behaviours_when_serving(tiny_config):
         assert (excluding.predict(batch) == float("-inf")).all()
 
 
-def hand_ce_loss(model, batch, seed, exclude):
-    """The exact softmax, row by row: history items (but not the label) leave the denominator."""
+def hand_ce_loss(model, batch, seed, exclude, merged=False):
+    """The exact softmax, row by row: history items (but not the label) leave the denominator.
+    ``merged``: an item's logit is its best score over the row's active interests."""
     torch.manual_seed(seed)
     profile = batch[model.USER_ID] if model.user_profile is not None else None
     interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], profile)
@@ -360,7 +361,10 @@ def hand_ce_loss(model, batch, seed, exclude):
     for b in range(len(labels)):
         history = set(batch[model.ITEM_SEQ][b].tolist()) if exclude else set()
         kept = [i for i in range(1, model.n_items) if i not in history or i == int(labels[b])]
-        logits = user[b] @ items[kept].t()
+        if merged:
+            logits = (interests[b][mask[b]] @ items[kept].t()).max(dim=0).values / model.temperature
+        else:
+            logits = user[b] @ items[kept].t()
         losses.append(torch.logsumexp(logits, 0) - logits[kept.index(int(labels[b]))])
     return torch.stack(losses).mean()
 
@@ -706,3 +710,19 @@ def test_routing_gradient_makes_the_loss_gradient_exact_through_the_routing(tiny
         assert numeric == pytest.approx(autograd, rel=1e-4, abs=1e-8)
     else:
         assert abs(numeric - autograd) > 0.1 * abs(numeric), (numeric, autograd)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_merged_training_scores_are_the_serving_max_over_the_active_interests(tiny_config, exclude):
+    model, train_data = build(tiny_config, training_scores="merged", exclude_history=exclude,
+                              softmax_dtype="float32")  # the paper's dynamic K'_u: rows with 1-3 interests
+    model.train()
+    batch = fixed_batch(train_data)
+    assert len(set(model.interest_mask(batch[model.ITEM_SEQ_LEN]).sum(dim=1).tolist())) > 1
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        expected = hand_ce_loss(model, batch, 3, exclude=exclude, merged=True)
+        label_aware = hand_ce_loss(model, batch, 3, exclude=exclude)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(loss, label_aware, rtol=1e-4), "negatives must meet every interest's score"

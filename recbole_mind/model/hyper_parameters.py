@@ -65,6 +65,7 @@ KEYS = {
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
     "item_features": _names, "interest_diversity": float, "routing_gradient": _boolean,
+    "training_scores": str,
 }
 
 
@@ -102,6 +103,10 @@ def read_hyper_parameters(config):
         (hp.interest_diversity == 0 or hp.routing_gradient,
          "interest_diversity needs routing_gradient: True (without it no gradient reaches the routing, "
          "and the penalty does not separate the interests)"),
+        (hp.training_scores in ("label_aware", "merged"),
+         f"training_scores must be label_aware or merged, got {hp.training_scores!r}"),
+        (hp.training_scores == "label_aware" or hp.loss_type == "CE",
+         "training_scores: merged needs loss_type: CE"),
         (hp.temperature > 0, f"temperature must be > 0, got {hp.temperature}"),
         (hp.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}"),
         (hp.loss_type != "SSM" or hp.num_negatives >= 1,

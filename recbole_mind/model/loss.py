@@ -36,12 +36,35 @@ class _Exclusions:
 
 
 def _chunk_logits(user, table, start, stop, excluded, padding_idx, dtype):
-    logits = (user @ table[start:stop].t()).to(dtype)
+    """The chunk's logits [B, chunk], and for several vectors a row the vector that gave each
+    logit (the max over them), else None."""
+    if user.dim() == 2:
+        logits, best = (user @ table[start:stop].t()).to(dtype), None
+    else:
+        rows, k, dim = user.shape
+        products = (user.reshape(rows * k, dim) @ table[start:stop].t()).view(rows, k, stop - start)
+        logits, best = products.max(dim=1)
+        logits = logits.to(dtype)
     if excluded is not None:
         excluded.apply(logits, start, stop)
     if padding_idx is not None and start <= padding_idx < stop:
         logits[:, padding_idx - start] = float("-inf")
-    return logits
+    return logits, best
+
+
+def _label_logits(user, labels_m, dtype):
+    """Each row's logit of its label [B], and for several vectors a row the one that gave it."""
+    if user.dim() == 2:
+        return (user * labels_m).to(dtype).sum(dim=1), None
+    return (user * labels_m.unsqueeze(1)).to(dtype).sum(dim=2).max(dim=1)
+
+
+def _spread(probs, best, k):
+    """[B * K, chunk]: each logit's d loss in the row of the vector that gave it (zero elsewhere)."""
+    if best is None:
+        return probs
+    rows, width = probs.shape
+    return probs.new_zeros(rows, k, width).scatter_(1, best.unsqueeze(1), probs.unsqueeze(1)).view(rows * k, width)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -51,11 +74,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         user_m, table_m = user.to(matmul_dtype), table.to(matmul_dtype)
         lse = torch.full((rows,), float("-inf"), dtype=user.dtype, device=user.device)
         for start in range(0, n_items, chunk):
-            logits = _chunk_logits(user_m, table_m, start, min(start + chunk, n_items), excluded,
-                                   padding_idx, user.dtype)
+            logits, _ = _chunk_logits(user_m, table_m, start, min(start + chunk, n_items), excluded,
+                                      padding_idx, user.dtype)
             lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
         # the label's logit as the softmax saw it (the same rounding)
-        target = (user_m * table_m[labels]).to(user.dtype).sum(dim=1)
+        target, _ = _label_logits(user_m, table_m[labels], user.dtype)
         # the low-precision table is kept rather than converted again in the backward: one pass
         # over the table less per step, at half the table's size in memory
         ctx.save_for_backward(user, table, table_m, labels, lse)
@@ -66,36 +89,44 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         user, table, table_m, labels, lse = ctx.saved_tensors
         rows, n_items = user.size(0), table.size(0)
+        k = user.size(1) if user.dim() == 3 else 1
         dtype = ctx.matmul_dtype
         user_m = user.to(dtype)
+        flat, flat_m = user.reshape(rows * k, -1), user_m.reshape(rows * k, -1)
         scale = grad_output / rows
-        grad_user = torch.zeros_like(user)
+        grad_user = torch.zeros_like(flat)
         grad_table = torch.empty_like(table)  # every row is written once, by its own chunk
         for start in range(0, n_items, ctx.chunk):
             stop = min(start + ctx.chunk, n_items)
             # softmax of the chunk (excluded items: exp(-inf) = 0), times d loss / d logit
-            logits = _chunk_logits(user_m, table_m, start, stop, ctx.excluded, ctx.padding_idx, user.dtype)
+            logits, best = _chunk_logits(user_m, table_m, start, stop, ctx.excluded, ctx.padding_idx, user.dtype)
             probs = (logits - lse.unsqueeze(1)).exp_()
-            probs.mul_(scale)
+            probs = _spread(probs.mul_(scale), best, k)
             if dtype == user.dtype:
                 grad_user.addmm_(probs, table[start:stop])
-                torch.mm(probs.t(), user, out=grad_table[start:stop])
+                torch.mm(probs.t(), flat, out=grad_table[start:stop])
             else:  # products in the low precision, sums kept in the gradients' own dtype
                 probs_m = probs.to(dtype)
                 grad_user += probs_m @ table_m[start:stop]
-                grad_table[start:stop] = probs_m.t() @ user_m
-        # minus the one-hot of each label
-        grad_user.sub_(scale * table[labels])
-        grad_table.index_add_(0, labels, -scale * user)
-        return grad_user, grad_table, None, None, None, None, None
+                grad_table[start:stop] = probs_m.t() @ flat_m
+        # minus the one-hot of each label, on the vector that gave the label's logit
+        _, best = _label_logits(user_m, table_m[labels], user.dtype)
+        label_rows = torch.arange(rows, device=user.device) * k + (0 if best is None else best)
+        grad_user.index_add_(0, label_rows, -scale * table[labels])
+        grad_table.index_add_(0, labels, -scale * flat[label_rows])
+        return grad_user.view_as(user), grad_table, None, None, None, None, None
 
 
 def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_bytes=DEFAULT_CHUNK_BYTES,
                   matmul_dtype=None):
     """mean over rows of -log softmax(user @ table.T)[label], items in ``excluded`` left out.
 
+    With several vectors a row, ``user`` [B, K, d], an item's logit is its best score over the
+    row's K vectors, ``max_k user_k . e_i`` (the ranking MIND serves), and each logit's gradient
+    goes to the vector that gave it.
+
     Args:
-        user: [B, d] float user vectors (already divided by any temperature).
+        user: [B, d] or [B, K, d] float user vectors (already divided by any temperature).
         table: [N, d] item vectors.
         labels: [B] int64 label items; a label must not be excluded in its own row.
         excluded: optional (rows, items), two int64 tensors of equal length: item items[k] is left
@@ -106,7 +137,7 @@ def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_by
             roughly halves their time on CPUs with bf16 units, at bf16's ~3 significant digits
             in each logit (the log-sum-exp and the gradients' sums stay in float32).
     """
-    chunk = _chunk_size(user.size(0), chunk_bytes)
+    chunk = _chunk_size(user.size(0) * (user.size(1) if user.dim() == 3 else 1), chunk_bytes)
     if excluded is not None:
         excluded = _Exclusions(*excluded)
     return _ChunkedCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk,

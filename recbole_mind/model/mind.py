@@ -24,7 +24,7 @@ from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
 from recbole_mind.model.layers import (B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count,
                                        mean_pairwise_cosine, unit_length)
-from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores
+from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores, pack_active
 from recbole_mind.repeats import describe, resolve_exclude_history
 
 # What routing computed for a batch: interests [B, K, d] (inactive ones zero), interest_mask
@@ -61,6 +61,7 @@ class MIND(SequentialRecommender):
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
         self.interest_diversity = hp.interest_diversity
+        self.training_scores = hp.training_scores
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
@@ -244,7 +245,10 @@ class MIND(SequentialRecommender):
         penalty = self.interest_penalty(routing)
         pos_items = interaction[self.POS_ITEM_ID]
         pos_emb = self.table_rows(table, pos_items) if table is not None else self.item_vectors(pos_items)
-        user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
+        if self.training_scores == "merged":  # not in the paper: each logit the serving score (best interest)
+            user_vec = pack_active(interests, interest_mask) / self.temperature
+        else:
+            user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
         if self.loss_type == "CE":
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
             return penalty + cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,

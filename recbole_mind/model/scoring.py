@@ -16,6 +16,18 @@ def exclude_input_sequence(scores, item_seq):
     return scores.scatter_(1, item_seq, float("-inf"))
 
 
+def pack_active(interests, interest_mask):
+    """[B, K, d]: each row's active interests first, every inactive slot a copy of the row's first
+    active one. A duplicate never changes a max over the interests, so scoring the packed
+    interests needs no mask (each row needs one active interest)."""
+    k, dim = interests.shape[1:]
+    active = interest_mask.sum(dim=1)
+    slots = torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)
+    packed = interests.gather(1, slots.unsqueeze(-1).expand(-1, -1, dim))
+    prefix = torch.arange(k, device=active.device).unsqueeze(0) < active.unsqueeze(1)
+    return torch.where(prefix.unsqueeze(-1), packed, packed[:, :1])
+
+
 def max_interest_scores(interests, interest_mask, item_emb, block_rows=256, block_items=1024):
     """[B, N] max over active interests of v_u^j . e_i.
 
@@ -32,12 +44,7 @@ def max_interest_scores(interests, interest_mask, item_emb, block_rows=256, bloc
     if batch == 0 or not bool((active > 0).all()):  # a row with no interest: its scores -inf
         scores = torch.einsum("bkd,nd->bkn", interests, item_emb)
         return scores.masked_fill_(~interest_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
-    # Active interests first in each row, and every inactive slot a copy of the row's first
-    # active interest: a duplicate never changes the max, so a tile needs no mask.
-    slots = torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)
-    packed = interests.gather(1, slots.unsqueeze(-1).expand(-1, -1, dim))
-    prefix = torch.arange(k, device=active.device).unsqueeze(0) < active.unsqueeze(1)
-    packed = torch.where(prefix.unsqueeze(-1), packed, packed[:, :1])
+    packed = pack_active(interests, interest_mask)
     sorted_rows = not bool((active == active[0]).all())
     if sorted_rows:
         order = torch.argsort(active, descending=True, stable=True)
