@@ -247,6 +247,8 @@ def test_the_protocol_picks_minds_preset_and_leave_one_out_keeps_the_defaults(ti
     assert all(loo[k] == defaults[k] for k in preset)
     # the user's own settings and the paper's file still win over the preset
     paper = build_config("MIND", "tiny", config_files=[properties.MIND_PAPER], config_dict=tiny_config | PROTOCOL)
+    paper_keys = yaml.safe_load(properties.MIND_PAPER.read_text())
+    assert all(vars(read_hyper_parameters(paper))[k] == paper_keys.get(k, defaults[k]) for k in preset)
     assert vars(read_hyper_parameters(paper))["attention_sampling"] is False
     own = build_config("MIND", "tiny", config_dict=tiny_config | PROTOCOL | {"behaviour_window": 3})
     assert read_hyper_parameters(own).behaviour_window == 3
