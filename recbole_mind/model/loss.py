@@ -137,6 +137,8 @@ def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_by
             roughly halves their time on CPUs with bf16 units, at bf16's ~3 significant digits
             in each logit (the log-sum-exp and the gradients' sums stay in float32).
     """
+    if user.dim() == 3 and user.size(1) == 1:  # one vector a row: the same logits, no max to take
+        user = user.squeeze(1)
     chunk = _chunk_size(user.size(0) * (user.size(1) if user.dim() == 3 else 1), chunk_bytes)
     if excluded is not None:
         excluded = _Exclusions(*excluded)
