@@ -9,7 +9,6 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_mind import properties
-from recbole_mind.errors import UserError
 from recbole_mind.model import MIND
 from recbole_mind.model.scoring import max_interest_scores
 from recbole_mind.config import build_config

@@ -36,8 +36,8 @@ Routing = namedtuple("Routing", "interests interest_mask weights capsules positi
 class MIND(SequentialRecommender):
     r"""MIND represents a user by K'_u interest vectors extracted by dynamic routing.
 
-    Training scores the label with the label-aware mix of the interests; serving scores every
-    item by its best active interest, so ``full_sort_predict`` and ``predict`` agree.
+    Training scores the label with the label-aware mix of the interests (``merged``: every item's
+    serving score); serving (``full_sort_predict``, ``predict``) scores an item by its best interest.
     """
 
     def __init__(self, config, dataset):

@@ -38,7 +38,7 @@ def max_interest_scores(interests, interest_mask, item_emb, block_rows=256, bloc
     max: tests/test_mind.py). With a varying number of active interests (dynamic_interest),
     rows are sorted by it so a tile scores only as many interests as its rows use.
     """
-    batch, k, dim = interests.shape
+    batch, _, dim = interests.shape
     n_items = item_emb.size(0)
     active = interest_mask.sum(dim=1)
     if batch == 0 or not bool((active > 0).all()):  # a row with no interest: its scores -inf
