@@ -78,11 +78,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                                       padding_idx, user.dtype)
             lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
         # the label's logit as the softmax saw it (the same rounding)
-        target, _ = _label_logits(user_m, table_m[labels], user.dtype)
+        target, label_best = _label_logits(user_m, table_m[labels], user.dtype)
         # the low-precision table is kept rather than converted again in the backward: one pass
         # over the table less per step, at half the table's size in memory
         ctx.save_for_backward(user, table, table_m, labels, lse)
         ctx.excluded, ctx.padding_idx, ctx.chunk, ctx.matmul_dtype = excluded, padding_idx, chunk, matmul_dtype
+        ctx.label_best = label_best  # for several vectors a row, the one that gave each label's logit
         return (lse - target).mean()
 
     @staticmethod
@@ -110,7 +111,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 grad_user += probs_m @ table_m[start:stop]
                 grad_table[start:stop] = probs_m.t() @ flat_m
         # minus the one-hot of each label, on the vector that gave the label's logit
-        _, best = _label_logits(user_m, table_m[labels], user.dtype)
+        best = ctx.label_best
         label_rows = torch.arange(rows, device=user.device) * k + (0 if best is None else best)
         grad_user.index_add_(0, label_rows, -scale * table[labels])
         grad_table.index_add_(0, labels, -scale * flat[label_rows])
