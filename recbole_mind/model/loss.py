@@ -36,20 +36,24 @@ class _Exclusions:
 
 
 def _chunk_logits(user, table, start, stop, excluded, padding_idx, dtype):
-    """The chunk's logits [B, chunk], and for several vectors a row the vector that gave each
-    logit (the max over them), else None."""
+    """The chunk's logits [B, chunk] in ``dtype``, and for several vectors a row the products
+    [B, K, chunk] and their max over the K vectors before the conversion to ``dtype`` (else None).
+
+    The max is taken with ``amax``: a max that also returns the index of the vector costs ten
+    times the chunk's matmul on CPUs, and only the backward needs it (``_spread``)."""
+    products = peak = None
     if user.dim() == 2:
-        logits, best = (user @ table[start:stop].t()).to(dtype), None
+        logits = (user @ table[start:stop].t()).to(dtype)
     else:
         rows, k, dim = user.shape
         products = (user.reshape(rows * k, dim) @ table[start:stop].t()).view(rows, k, stop - start)
-        logits, best = products.max(dim=1)
-        logits = logits.to(dtype)
+        peak = products.amax(dim=1)
+        logits = peak.to(dtype)
     if excluded is not None:
         excluded.apply(logits, start, stop)
     if padding_idx is not None and start <= padding_idx < stop:
         logits[:, padding_idx - start] = float("-inf")
-    return logits, best
+    return logits, products, peak
 
 
 def _label_logits(user, labels_m, dtype):
@@ -59,12 +63,21 @@ def _label_logits(user, labels_m, dtype):
     return (user * labels_m.unsqueeze(1)).to(dtype).sum(dim=2).max(dim=1)
 
 
-def _spread(probs, best, k):
-    """[B * K, chunk]: each logit's d loss in the row of the vector that gave it (zero elsewhere)."""
-    if best is None:
-        return probs
-    rows, width = probs.shape
-    return probs.new_zeros(rows, k, width).scatter_(1, best.unsqueeze(1), probs.unsqueeze(1)).view(rows * k, width)
+def _spread(probs, products, peak):
+    """[B * K, chunk]: each logit's d loss ``probs`` [B, chunk] in the row of the first vector that
+    reaches the logit's max ``peak`` in ``products`` [B, K, chunk], zero in the others."""
+    rows, k, width = products.shape
+    spread = probs.new_empty(rows, k, width)
+    free = None  # items whose max no earlier vector reached
+    for j in range(k):
+        hit = products[:, j] == peak
+        if free is None:
+            free = ~hit
+        else:
+            hit &= free
+            free ^= hit
+        torch.mul(probs, hit, out=spread[:, j])
+    return spread.view(rows * k, width)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -74,8 +87,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         user_m, table_m = user.to(matmul_dtype), table.to(matmul_dtype)
         lse = torch.full((rows,), float("-inf"), dtype=user.dtype, device=user.device)
         for start in range(0, n_items, chunk):
-            logits, _ = _chunk_logits(user_m, table_m, start, min(start + chunk, n_items), excluded,
-                                      padding_idx, user.dtype)
+            logits, _, _ = _chunk_logits(user_m, table_m, start, min(start + chunk, n_items), excluded,
+                                         padding_idx, user.dtype)
             lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
         # the label's logit as the softmax saw it (the same rounding)
         target, label_best = _label_logits(user_m, table_m[labels], user.dtype)
@@ -100,14 +113,18 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for start in range(0, n_items, ctx.chunk):
             stop = min(start + ctx.chunk, n_items)
             # softmax of the chunk (excluded items: exp(-inf) = 0), times d loss / d logit
-            logits, best = _chunk_logits(user_m, table_m, start, stop, ctx.excluded, ctx.padding_idx, user.dtype)
-            probs = (logits - lse.unsqueeze(1)).exp_()
-            probs = _spread(probs.mul_(scale), best, k)
+            logits, products, peak = _chunk_logits(user_m, table_m, start, stop, ctx.excluded, ctx.padding_idx,
+                                                   user.dtype)
+            probs = (logits - lse.unsqueeze(1)).exp_().mul_(scale)
             if dtype == user.dtype:
+                if products is not None:
+                    probs = _spread(probs, products, peak)
                 grad_user.addmm_(probs, table[start:stop])
                 torch.mm(probs.t(), flat, out=grad_table[start:stop])
             else:  # products in the low precision, sums kept in the gradients' own dtype
                 probs_m = probs.to(dtype)
+                if products is not None:
+                    probs_m = _spread(probs_m, products, peak)
                 grad_user += probs_m @ table_m[start:stop]
                 grad_table[start:stop] = probs_m.t() @ flat_m
         # minus the one-hot of each label, on the vector that gave the label's logit
@@ -150,16 +167,24 @@ def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_by
 def sampled_softmax(user, pos_items, pos_emb, negatives, neg_emb, log_q, item_seq=None):
     """Sampled softmax with log-Q correction over ``negatives`` shared by the batch.
 
+    With several vectors a row, ``user`` [B, K, d], an item's logit is its best score over the
+    row's K vectors (the ranking MIND serves), each logit's gradient going to the vector that gave it.
+
     Args:
-        user: [B, d] user vectors (already divided by any temperature).
+        user: [B, d] or [B, K, d] user vectors (already divided by any temperature).
         pos_items, pos_emb: [B] labels and [B, d] their vectors.
         negatives, neg_emb: [M] sampled items and [M, d] their vectors.
         log_q: [n_items] log-probability of the proposal each item was drawn from.
         item_seq: optional [B, L] input sequences whose items are masked as negatives of their
             row (``exclude_history``); a negative equal to the row's label is always masked.
     """
-    pos_logit = (user * pos_emb).sum(-1, keepdim=True) - log_q[pos_items].unsqueeze(-1)
-    neg_logits = user @ neg_emb.t() - log_q[negatives]
+    if user.dim() == 3:
+        pos_score = (user * pos_emb.unsqueeze(1)).sum(-1).max(dim=1).values
+        neg_scores = (user @ neg_emb.t()).max(dim=1).values
+    else:
+        pos_score, neg_scores = (user * pos_emb).sum(-1), user @ neg_emb.t()
+    pos_logit = (pos_score - log_q[pos_items]).unsqueeze(-1)
+    neg_logits = neg_scores - log_q[negatives]
     hits = negatives.unsqueeze(0) == pos_items.unsqueeze(1)
     if item_seq is not None:
         # each negative looked up in the row's sorted sequence: [B, M], no [B, n_items] mask
