@@ -255,8 +255,9 @@ def test_each_loss_goes_down_on_a_fixed_batch(tiny_config, loss, features):
     assert math.isfinite(before) and after < 0.9 * before, (before, after)
 
 
-def hand_ssm_loss(model, batch, seed, log_q, correct=True, mask_hits=True):
-    """The sampled softmax of one batch, row by row, replaying the model's random draws."""
+def hand_ssm_loss(model, batch, seed, log_q, correct=True, mask_hits=True, merged=False):
+    """The sampled softmax of one batch, row by row, replaying the model's random draws.
+    ``merged``: an item's score is its best over the row's active interests."""
     torch.manual_seed(seed)
     interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
     negatives = torch.multinomial(model.sampling_log_prob.exp(), model.num_negatives, replacement=True)
@@ -265,14 +266,19 @@ def hand_ssm_loss(model, batch, seed, log_q, correct=True, mask_hits=True):
     user = model.attention(interests, items[labels], mask) / model.temperature
     losses, hits = [], 0
     for b in range(len(labels)):
+        def score(item):
+            if merged:
+                return (interests[b][mask[b]] @ items[item]).max() / model.temperature
+            return user[b] @ items[item]
+
         pos = int(labels[b])
-        logits = [user[b] @ items[pos] - (log_q[pos] if correct else 0.0)]
+        logits = [score(pos) - (log_q[pos] if correct else 0.0)]
         for neg in negatives.tolist():
             if neg == pos:
                 hits += 1
                 if mask_hits:
                     continue
-            logits.append(user[b] @ items[neg] - (log_q[neg] if correct else 0.0))
+            logits.append(score(neg) - (log_q[neg] if correct else 0.0))
         logits = torch.stack(logits)
         losses.append(torch.logsumexp(logits, dim=0) - logits[0])
     return torch.stack(losses).mean(), negatives, hits
@@ -302,6 +308,21 @@ def test_sampled_softmax_masks_hits_and_applies_log_q(tiny_config):
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert not torch.isclose(loss, no_correction, rtol=1e-4), "log-Q correction must be applied"
     assert not torch.isclose(loss, no_masking, rtol=1e-4), "accidental hits must be masked"
+
+
+def test_merged_sampled_softmax_scores_each_item_by_its_best_interest(tiny_config):
+    model, train_data = build(tiny_config, loss_type="SSM", num_negatives=30, temperature=0.5,
+                              training_scores="merged")  # the paper's dynamic K'_u: rows with 1-3 interests
+    batch = fixed_batch(train_data)
+    assert len(set(model.interest_mask(batch[model.ITEM_SEQ_LEN]).sum(dim=1).tolist())) > 1
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = model.calculate_loss(batch)
+        expected, _, _ = hand_ssm_loss(model, batch, 5, model.sampling_log_prob, merged=True)
+        label_aware, _, _ = hand_ssm_loss(model, batch, 5, model.sampling_log_prob)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(loss, label_aware, rtol=1e-4), "negatives must meet every interest's score"
 
 
 def test_sampled_softmax_ignores_a_negative_equal_to_the_label(tiny_config):
