@@ -65,18 +65,22 @@ def _label_logits(user, labels_m, dtype):
 
 def _spread(probs, products, peak):
     """[B * K, chunk]: each logit's d loss ``probs`` [B, chunk] in the row of the first vector that
-    reaches the logit's max ``peak`` in ``products`` [B, K, chunk], zero in the others."""
+    reaches the logit's max ``peak`` in ``products`` [B, K, chunk], zero in the others.
+
+    The marks are arithmetic, 1 - sign(peak - product) (peak is the max: 1 where a vector reaches
+    it, else 0), in the products' dtype: on CPUs a comparison and a bool-to-float product cost
+    twice these passes over the [B, K, chunk] products."""
     rows, k, width = products.shape
     spread = probs.new_empty(rows, k, width)
-    free = None  # items whose max no earlier vector reached
+    free = None  # 1 where no earlier vector reached the max
     for j in range(k):
-        hit = products[:, j] == peak
+        mark = torch.sub(peak, products[:, j]).sign_().neg_().add_(1)
         if free is None:
-            free = ~hit
+            free = 1 - mark
         else:
-            hit &= free
-            free ^= hit
-        torch.mul(probs, hit, out=spread[:, j])
+            mark.mul_(free)
+            free.sub_(mark)
+        torch.mul(probs, mark, out=spread[:, j])
     return spread.view(rows * k, width)
 
 
