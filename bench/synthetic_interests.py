@@ -21,9 +21,14 @@ import os
 import numpy as np
 
 
+def zipf_popularity(cluster_size, zipf):
+    """[cluster_size]: the weight of each item of a cluster by its rank, 1 / rank^zipf."""
+    return 1.0 / np.arange(1, cluster_size + 1) ** zipf
+
+
 def histories(rng, users, clusters, cluster_size, interests, min_length, max_length, zipf):
     """Per user, (item ids 1..clusters * cluster_size in time order, the user's clusters)."""
-    popularity = 1.0 / np.arange(1, cluster_size + 1) ** zipf
+    popularity = zipf_popularity(cluster_size, zipf)
     for _ in range(users):
         own = rng.choice(clusters, size=interests, replace=False)
         length = int(rng.integers(min_length, max_length + 1))
@@ -94,7 +99,7 @@ def main():
     print(f"{folder}: {args.users} users, {args.clusters * args.cluster_size} items, "
           f"{sum(len(items) for items, _ in rows)} interactions, {args.interests} clusters a user; "
           f"a ranking by the user's clusters and popularity: Recall@50 "
-          f"{oracle_recall(rows, args.cluster_size, 1.0 / np.arange(1, args.cluster_size + 1) ** args.zipf):.4f}")
+          f"{oracle_recall(rows, args.cluster_size, zipf_popularity(args.cluster_size, args.zipf)):.4f}")
 
 
 if __name__ == "__main__":
