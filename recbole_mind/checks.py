@@ -37,6 +37,15 @@ def check_run_config(config):
     length = config["MAX_ITEM_LIST_LENGTH"]
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise UserError(f"MAX_ITEM_LIST_LENGTH must be an integer >= 1, got {length!r}")
+    multi_target = config["eval_protocol"] == "multi_target"
+    seed, lam = config["split_seed"], config["diversity_lambda"]
+    for key, value in (("split_seed", seed), ("diversity_lambda", lam)):
+        if value is not None and not multi_target:
+            raise UserError(f"{key} belongs to the multi-target protocol: add --eval_protocol=multi_target, or drop it")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise UserError(f"split_seed must be a whole number >= 0 (or ~ for the run's seed), got {seed!r}")
+    if lam is not None and (not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0):
+        raise UserError(f"diversity_lambda must be a number >= 0 (0: lists by score), got {lam!r}")
     metric, _, cutoff = str(config["valid_metric"] or "").partition("@")
     topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
     if cutoff and cutoff.isdigit() and int(cutoff) not in topk:

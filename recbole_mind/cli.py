@@ -23,6 +23,7 @@ from recbole_mind.errors import UserError
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_recbole_mind.py",
+        allow_abbrev=False,  # else --split_seed=1, a config key, is read as --split_seeds
         description="Train and evaluate MIND (or a RecBole built-in) with RecBole's pipeline. "
                     "Any --key=value is a RecBole config override, e.g. --epochs=10.",
     )
@@ -95,9 +96,9 @@ def build_parser():
                             "RecBole's topk, e.g. --topk=[10,20]")
     group.add_argument("--index", choices=retrieve.INDEX_TYPES, default="flat", help="faiss index (default flat, exact)")
     group.add_argument("--output", metavar="PATH", default="recs.csv", help="recommendations CSV (default recs.csv)")
-    group.add_argument("--diversity_lambda", type=float, default=0.0, metavar="LAMBDA",
+    group.add_argument("--diversity_lambda", type=float, default=None, metavar="LAMBDA",
                        help="re-rank each user's merged candidates for category diversity (ComiRec's "
-                            "greedy aggregation; default 0: by score)")
+                            "greedy aggregation; default 0: by score); in a multi_target run, its test lists")
     group.add_argument("--keep_history", action="store_true",
                        help="allow items of the user's input sequence (default: removed where the model's exclude_history is on)")
     defaults = retrieve.IndexParams()
@@ -121,6 +122,8 @@ def parse_args(argv):
         overrides[key] = value
     if args.retrieve_topk is not None and not args.retrieve:
         overrides["topk"] = args.retrieve_topk
+    if args.diversity_lambda is not None and not (args.retrieve or args.export):
+        overrides["diversity_lambda"] = args.diversity_lambda  # the protocol's key (multi_target.yaml)
     overrides.update(distributed_overrides(args))
     return args, overrides
 
@@ -168,6 +171,8 @@ def run_from_args(args, overrides):
         set_threads(args.torch_threads or (max(1, free_cores() // nproc) if nproc > 1 else None))
     config_files = args.config_files.split() if args.config_files else None
     dataset = args.dataset or DEFAULT_DATASET
+    if args.split_seeds is not None and not args.compare:
+        raise UserError("--split_seeds repeats a --compare over user splits: for one run give --split_seed=N")
     if args.compare:
         return compare.compare(args.compare, dataset, args.lr_grid, config_files, overrides,
                                rerun=args.rerun, no_report=args.no_report, torch_threads=args.torch_threads,
@@ -211,20 +216,21 @@ def run_retrieve_or_export(args, overrides):
         value = getattr(params, field.name)
         if field.type is int and value is not None and value < 1:
             raise UserError(f"--{field.name} must be >= 1, got {value}")
-    if args.diversity_lambda < 0:
-        raise UserError(f"--diversity_lambda must be >= 0, got {args.diversity_lambda}")
-    genres = (lambda config: [genre_field(config)] if genre_field(config) else []) if args.diversity_lambda else ()
+    lam = args.diversity_lambda or 0.0
+    if lam < 0:
+        raise UserError(f"--diversity_lambda must be >= 0, got {lam}")
+    genres = (lambda config: [genre_field(config)] if genre_field(config) else []) if lam else ()
     restored = restore(args.checkpoint, "MIND", overrides.get("data_path"), item_fields=genres,
                        purpose="retrieval and export")
     labels = (item_categories(restored.dataset, genre_field(restored.config, restored.dataset))[0]
-              if args.diversity_lambda else None)
+              if lam else None)
     if args.export:
         export.export_user_tower(restored.model, restored.dataset, args.export)
         print(f"exported the user tower to {args.export}")
     if args.retrieve:
         users, items, scores = retrieve.retrieve_for_dataset(restored.model, restored.dataset, topn, args.index,
                                                              params, exclude_history=restored.model.exclude_history and not args.keep_history,
-                                                             labels=labels, lam=args.diversity_lambda)
+                                                             labels=labels, lam=lam)
         n_rows = retrieve.write_recommendations(args.output, restored.dataset, users, items, scores)
         print(f"wrote {n_rows} recommendations for {len(users)} users to {args.output} "
               f"(index {args.index}, top {topn})")

@@ -10,7 +10,7 @@ import torch
 
 from recbole_mind import MIND
 from recbole_mind.checkpoint import load_checkpoint
-from recbole_mind.cli import main
+from recbole_mind.cli import main, parse_args
 from recbole_mind.errors import UserError
 from recbole_mind.train import run
 
@@ -84,6 +84,28 @@ def test_unknown_model(capsys):
 def test_bad_model_settings(capsys, tiny_config, override, expected):
     line = _one_error_line(capsys, ["--dataset", "tiny", *_args(tiny_config), override])
     assert expected in line
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["--eval_protocol=multi_target", "--split_seed=abc"], "split_seed must be a whole number >= 0"),
+    (["--eval_protocol=multi_target", "--split_seed=-1"], "split_seed must be a whole number >= 0"),
+    (["--eval_protocol=multi_target", "--diversity_lambda=-1"], "diversity_lambda must be a number >= 0"),
+    (["--split_seed=3"], "split_seed belongs to the multi-target protocol"),
+    (["--diversity_lambda", "0.1"], "diversity_lambda belongs to the multi-target protocol"),
+    (["--eval_protocol=multi_target", "--split_seeds", "1,2"], "--split_seeds repeats a --compare"),
+])
+def test_bad_protocol_settings(capsys, tiny_config, overrides, expected):
+    line = _one_error_line(capsys, ["--dataset", "tiny", *_args(tiny_config), *overrides])
+    assert expected in line
+
+
+def test_protocol_keys_on_the_command_line_reach_the_config():
+    # --split_seed is not cut to --split_seeds (argparse's abbreviations are off), and
+    # --diversity_lambda of a training run is the protocol's key, not only retrieval's flag
+    args, overrides = parse_args(["--split_seed=3", "--diversity_lambda", "0.1"])
+    assert args.split_seeds is None and overrides == {"split_seed": "3", "diversity_lambda": 0.1}
+    args, overrides = parse_args(["--retrieve", "--checkpoint", "m.pth", "--diversity_lambda", "0.1"])
+    assert args.diversity_lambda == 0.1 and "diversity_lambda" not in overrides
 
 
 def test_ssm_needs_negatives(capsys, tiny_config):
