@@ -96,13 +96,14 @@ def compare(models, dataset=DEFAULT_DATASET, lr_grid=DEFAULT_LR_GRID, config_fil
         raise UserError(f"--time_budget must be a positive number of hours, got {time_budget}")
     deadline = time.time() + 3600 * time_budget if time_budget else None
     config_dict = {**SHARED_SETTINGS, **overrides}
+    if seeds != [None] and protocol_of(models[0], dataset, config_files, config_dict,
+                                       overrides)["eval_protocol"] != "multi_target":
+        raise UserError("--split_seeds is for the multi_target protocol: add --eval_protocol=multi_target")
     protocols = {(model, seed): protocol_of(model, dataset, config_files, config_dict, overrides, seed)
                  for model in models for seed in seeds}
     for protocol in protocols.values():
         protocol["torch_threads"] = torch_threads  # timings are only comparable at one thread count
     eval_protocol = next(iter(protocols.values()))["eval_protocol"]
-    if seeds != [None] and eval_protocol != "multi_target":
-        raise UserError("--split_seeds is for the multi_target protocol: add --eval_protocol=multi_target")
     for seed in seeds:
         _check_same_protocol({model: protocols[model, seed] for model in models})
 

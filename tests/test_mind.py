@@ -682,12 +682,9 @@ def test_sparse_table_lookups_give_the_dense_lookups_gradients(tiny_config, feat
         torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("margin", [-1.0, 0.3])
-def test_interest_diversity_adds_the_mean_pairwise_cosine_of_the_active_interests(tiny_config, margin):
-    # margin -1: every pair's cosine; above it, only a cosine's excess over the margin
+def test_interest_diversity_adds_the_mean_pairwise_cosine_of_the_active_interests(tiny_config):
     weight = 0.7
     model, train_data = build(tiny_config, interest_diversity=weight, routing_gradient=True,
-                              interest_cosine_margin=margin,
                               exclude_history=False)  # the paper's dynamic K'_u: rows with one interest
     model.train()
     batch = fixed_batch(train_data)
@@ -700,8 +697,7 @@ def test_interest_diversity_adds_the_mean_pairwise_cosine_of_the_active_interest
     row_means = []
     for b in range(interests.size(0)):
         active = [v / v.norm() for v, on in zip(interests[b], mask[b]) if on]
-        cosines = [max(0.0, float(active[i] @ active[j]) - margin) if margin > -1 else float(active[i] @ active[j])
-                   for i in range(len(active)) for j in range(i + 1, len(active))]
+        cosines = [float(active[i] @ active[j]) for i in range(len(active)) for j in range(i + 1, len(active))]
         if cosines:
             row_means.append(sum(cosines) / len(cosines))
     assert 0 < len(row_means) < interests.size(0), "the batch must hold rows with one interest and with several"

@@ -64,8 +64,7 @@ KEYS = {
     "normalize_vectors": _boolean, "attention_power": float, "attention_sampling": _boolean, "temperature": float,
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
-    "item_features": _names, "interest_diversity": float, "interest_cosine_margin": float,
-    "routing_gradient": _boolean,
+    "item_features": _names, "interest_diversity": float, "routing_gradient": _boolean,
     "training_scores": str,
 }
 
@@ -101,8 +100,6 @@ def read_hyper_parameters(config):
         (hp.routing_softmax_axis in ("interests", "behaviours"),
          f"routing_softmax_axis must be interests or behaviours, got {hp.routing_softmax_axis!r}"),
         (hp.interest_diversity >= 0, f"interest_diversity must be >= 0, got {hp.interest_diversity}"),
-        (-1 <= hp.interest_cosine_margin < 1,
-         f"interest_cosine_margin must be in [-1, 1) (-1: every pair), got {hp.interest_cosine_margin}"),
         (hp.interest_diversity == 0 or hp.routing_gradient,
          "interest_diversity needs routing_gradient: True (without it no gradient reaches the routing, "
          "and the penalty does not separate the interests)"),

@@ -58,16 +58,13 @@ def unit_length(x, eps=1e-12):
     return nn.functional.normalize(x, dim=-1, eps=eps)
 
 
-def mean_pairwise_cosine(vectors, mask, above=-1.0):
-    """[B]: the mean cosine over pairs of a row's active vectors ([B, K, d], ``mask`` [B, K]), or
-    with ``above`` > -1 the mean of max(0, cosine - above); NaN for a row with fewer than two."""
+def mean_pairwise_cosine(vectors, mask):
+    """[B]: the mean cosine over pairs of a row's active vectors ([B, K, d], ``mask`` [B, K]);
+    NaN for a row with fewer than two."""
     pairs = (mask.unsqueeze(2) & mask.unsqueeze(1)).triu(diagonal=1)  # [B, K, K], i < j
     unit = unit_length(vectors)
     count = pairs.sum(dim=(1, 2))
-    cosine = unit @ unit.transpose(1, 2)
-    if above > -1:
-        cosine = (cosine - above).clamp(min=0)
-    total = (cosine * pairs).sum(dim=(1, 2))
+    total = ((unit @ unit.transpose(1, 2)) * pairs).sum(dim=(1, 2))
     return torch.where(count > 0, total / count.clamp(min=1), float("nan"))
 
 

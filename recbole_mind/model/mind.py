@@ -60,7 +60,7 @@ class MIND(SequentialRecommender):
         self.softmax_matmul_dtype = SOFTMAX_DTYPES[hp.softmax_dtype]
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
-        self.interest_diversity, self.interest_cosine_margin = hp.interest_diversity, hp.interest_cosine_margin
+        self.interest_diversity = hp.interest_diversity
         self.training_scores = hp.training_scores
 
         # define layers and loss
@@ -264,11 +264,11 @@ class MIND(SequentialRecommender):
         return penalty + self.bpr_loss(pos_score, neg_score)
 
     def interest_penalty(self, routing):
-        """``interest_diversity`` times the mean pairwise cosine (its excess over the margin) of
-        each row's active interests, averaged over the rows with two or more (0 at weight 0)."""
+        """``interest_diversity`` times the mean pairwise cosine of each row's active interests,
+        averaged over the rows with two or more (0 when the weight is 0)."""
         if self.interest_diversity == 0 or self.interest_num == 1:
             return 0.0
-        cosine = mean_pairwise_cosine(routing.interests, routing.interest_mask, self.interest_cosine_margin)
+        cosine = mean_pairwise_cosine(routing.interests, routing.interest_mask)
         several = ~cosine.isnan()
         return self.interest_diversity * cosine[several].sum() / several.sum().clamp(min=1)
 
