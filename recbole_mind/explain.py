@@ -187,7 +187,11 @@ class Explainer:
         index = position[torch.tensor([known[t] for t in tokens], dtype=torch.long)]
         missing = [t for t, i in zip(tokens, index.tolist()) if i < 0]
         if missing:
-            raise UserError(f"user id(s) {', '.join(missing)} have no test row: pick users with a test interaction")
+            held_out = self.config["eval_protocol"] == "multi_target"
+            examples = ", ".join(self.dataset.id2token(self.uid_field, self.rows[self.uid_field][:3].tolist()))
+            raise UserError(f"user id(s) {', '.join(missing)} have no test row"
+                            + (f" (under the multi-target protocol only the split's held-out test users have one)"
+                               if held_out else "") + f": pick users with a test row, e.g. {examples}")
         return index
 
     @torch.no_grad()

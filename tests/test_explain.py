@@ -221,3 +221,20 @@ def test_cli_writes_pictures_and_rejects_bad_input(trained, tmp_path, capsys):
     assert cli.main(["--explain"]) == 2
     with pytest.raises(UserError):
         explain.load_explainer(str(tmp_path / "missing.pth"))
+
+
+def test_cli_names_the_held_out_users_of_a_multi_target_checkpoint(tmp_path_factory, capsys):
+    # under the multi-target protocol only the split's test users have a test row: a train user
+    # is refused with one line that says why and names users that have one
+    checkpoint = _train(tmp_path_factory, "multi_target", epochs=1, eval_protocol="multi_target")
+    explainer = explain.load_explainer(checkpoint)
+    test_users = set(explainer.dataset.id2token(explainer.uid_field, explainer.rows[explainer.uid_field].tolist()))
+    train_user = next(u for u in explainer.dataset.field2token_id[explainer.uid_field] if u not in test_users | {"[PAD]"})
+    assert cli.main(["--explain", "--checkpoint", checkpoint, "--users", train_user]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "multi-target protocol" in line and "e.g." in line
+    example = line.rsplit("e.g. ", 1)[1].split(", ")[0]
+    assert example in test_users
+    out = tmp_path_factory.mktemp("multi_target-explained")
+    assert cli.main(["--explain", "--checkpoint", checkpoint, "--users", example, "--output_dir", str(out)]) == 0
+    assert (out / f"user_{example}.png").is_file()
