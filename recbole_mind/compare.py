@@ -860,6 +860,8 @@ def format_markdown(report):
             *([f"user splits of seeds {', '.join(map(str, p['split_seeds']))}: every figure the mean "
                "± the standard deviation over them"] if p.get("split_seeds") else []),
             *([_users_line(p["user_splits"])] if p.get("user_splits") else []),
+            *([f"test lists re-ranked for category diversity (ComiRec's greedy aggregation, "
+               f"diversity_lambda {p['diversity_lambda']:g}; validation by score)"] if p.get("diversity_lambda") else []),
             f"embedding_size {p['embedding_size']} and hidden_size {p['hidden_size']}",
             f"MAX_ITEM_LIST_LENGTH {p['MAX_ITEM_LIST_LENGTH']}", f"loss {p['loss_type']}",
             f"train batch {p['train_batch_size']}",

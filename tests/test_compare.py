@@ -214,6 +214,16 @@ def test_compare_under_the_multi_target_protocol_over_two_user_splits(tiny_root,
     assert "lr=" not in capsys.readouterr().out
     assert cli.main([a for a in argv if a != "--eval_protocol=multi_target"]) == 2
     assert "--split_seeds is for the multi_target protocol" in capsys.readouterr().err
+    # --diversity_lambda re-ranks the test lists: another protocol (a stored run is refused without
+    # --rerun), stated in the report
+    diverse = ["--compare", "MIND", *argv[4:], "--diversity_lambda", "10"]
+    assert cli.main(diverse) == 2
+    assert "differs in diversity_lambda" in capsys.readouterr().err
+    assert cli.main([*diverse, "--rerun"]) == 0
+    again = json.loads((results / "multi_target" / "tiny.json").read_text())
+    assert again["protocol"]["diversity_lambda"] == 10
+    assert again["models"]["MIND"]["test"]["diversity@10"] >= report["models"]["MIND"]["test"]["diversity@10"]
+    assert "diversity_lambda 10; validation by score" in (results / "multi_target" / "tiny.md").read_text()
 
 
 def test_a_mind_key_added_later_matches_a_stored_run_only_at_its_default():
