@@ -190,7 +190,7 @@ class Explainer:
             held_out = self.config["eval_protocol"] == "multi_target"
             examples = ", ".join(self.dataset.id2token(self.uid_field, self.rows[self.uid_field][:3].tolist()))
             raise UserError(f"user id(s) {', '.join(missing)} have no test row"
-                            + (f" (under the multi-target protocol only the split's held-out test users have one)"
+                            + (" (under the multi-target protocol only the split's held-out test users have one)"
                                if held_out else "") + f": pick users with a test row, e.g. {examples}")
         return index
 
