@@ -193,7 +193,7 @@ def run_from_args(args, overrides):
 
 def run_tune(args, dataset, config_files, overrides):
     if not args.params_file:
-        raise UserError("--hyper needs a search space: add --params_file recbole_mind/properties/hyper/MIND.hyper")
+        raise UserError("--hyper needs a search space: add --params_file " + tune.shipped_space(args.model))
     summary = tune.tune(args.model, dataset, args.params_file, config_files=config_files,
                         config_dict=overrides, algo=args.algo, max_evals=args.max_evals,
                         early_stop=args.early_stop,

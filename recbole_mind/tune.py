@@ -125,6 +125,21 @@ def tune(model, dataset, params_file, config_files=None, config_dict=None, algo=
     }
 
 
+def shipped_space(model):
+    """The search spaces shipped for ``model``, one per protocol, as a --params_file suggestion."""
+    from recbole_mind import properties
+
+    suggestions = []
+    for path in sorted(properties.HYPER.glob(f"{model}*.hyper"), key=lambda p: (p.stem != model, p.name)):
+        protocol = path.stem[len(model) + 1:]
+        if path.stem == model or path.stem[len(model)] == "-":
+            suggestions.append(f"recbole_mind/properties/hyper/{path.name}"
+                               + (f" (--eval_protocol={protocol})" if protocol else ""))
+    if not suggestions:
+        return f"F, a RecBole params file of lines like 'learning_rate choice [0.001,0.003]' (none ships for {model})"
+    return " or ".join(suggestions)
+
+
 def make_objective(model, dataset, config_dict=None, trials=None, trials_file=None):
     """RecBole's ``objective_function(config_dict, config_file_list)`` for ``model``.
 

@@ -89,7 +89,11 @@ def test_exhaustive_rejects_a_continuous_space(tiny_config, tmp_path):
 
 def test_cli_hyper_needs_a_params_file(capsys):
     assert cli.main(["--hyper", "--dataset", "tiny"]) == 2
-    assert "--params_file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--params_file recbole_mind/properties/hyper/MIND.hyper" in err
+    assert "hyper/MIND-multi_target.hyper (--eval_protocol=multi_target)" in err
+    assert cli.main(["--hyper", "--model", "SINE", "--dataset", "tiny"]) == 2
+    assert "none ships for SINE" in capsys.readouterr().err
     assert cli.main(["--hyper", "--params_file", "missing.hyper"]) == 2
     assert "missing.hyper does not exist" in capsys.readouterr().err
 
@@ -98,14 +102,22 @@ def test_shipped_search_spaces_parse_and_fit_their_models():
     from recbole_mind import properties
     from recbole_mind.config import build_config
 
-    for model in ("MIND", "GRU4Rec", "SASRec"):
-        path = properties.HYPER / f"{model}.hyper"
-        space = tune.HyperTuning._build_space_from_file(str(path))
-        assert space, path
+    shipped = sorted(path.name for path in properties.HYPER.glob("*.hyper"))
+    assert shipped == ["GRU4Rec.hyper", "MIND-multi_target.hyper", "MIND.hyper", "SASRec.hyper"]
+    for name in shipped:
+        model, _, protocol = name[:-len(".hyper")].partition("-")
+        space = tune.HyperTuning._build_space_from_file(str(properties.HYPER / name))
+        assert space, name
         tune._validate_space_exhaustive_search(space)  # every line works with all three algos
-        config = build_config(model, "ml-100k")
-        unknown = [name for name in space if name not in config.final_config_dict]
-        assert not unknown, f"{path}: {unknown} are not {model} config keys"
+        config = build_config(model, "ml-100k", config_dict={"eval_protocol": protocol} if protocol else None)
+        unknown = [key for key in space if key not in config.final_config_dict]
+        assert not unknown, f"{name}: {unknown} are not {model} config keys"
+        if protocol == "multi_target":
+            # the preset's own keys are searched; the label-aware attention's are not: the
+            # preset's merged training does not use the attention
+            assert config["training_scores"] == "merged"
+            assert {"interest_num", "interest_diversity", "routing_iterations"} <= set(space)
+            assert not {"attention_power", "attention_sampling"} & set(space)
 
 
 def test_hyperopt_imports_without_pkg_resources():
