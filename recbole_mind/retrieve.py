@@ -10,8 +10,11 @@ MIND serves a user by K'_u interest vectors and scores an item by its best activ
    (``flat`` exact, ``ivf``, ``hnsw``, ``ivfpq``) for its top N, never returning the padding
    item 0 and, unless told otherwise, none of the user's own history;
 3. merges the candidates of a user's interests, scoring each candidate exactly by the model's
-   serving score max_j v_u^j . e_i over the active interests, removes duplicates and keeps the
-   top N. With ``flat`` this equals the top N of ``full_sort_predict``.
+   serving score over the active interests (max_j v_u^j . e_i, or with ``interest_merge: mixture``
+   tau log sum_j exp(v_u^j . e_i / tau)), removes duplicates and keeps the top N. With ``flat``
+   and the max this equals the top N of ``full_sort_predict``; the mixture can rank an item that
+   no single interest holds in its top N above the candidates (at most tau log K'_u above its best
+   interest's score), so there ``oversample`` > 1 brings retrieval closer to the full ranking.
 
 Everything after the model forward is vectorised over all users (numpy/torch); the only loops
 are over chunks of rows and over the rare search rounds that need a deeper list (see
@@ -28,6 +31,7 @@ from recbole_mind.histories import user_histories
 from recbole_mind.diversify import greedy_rerank
 from recbole_mind.errors import UserError
 from recbole_mind.files import atomic_write
+from recbole_mind.model.scoring import merge_interests
 
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
 CSV_HEADER = "user_id,rank,item_id,score"
@@ -219,12 +223,13 @@ def search_interests(index, labels_to_items, interests, mask, topn, n_items, exc
     return candidates
 
 
-def merge_candidates(interests, mask, item_vectors, candidates, topn, chunk=2048):
-    """Exact max-interest scores of each user's candidates, duplicates removed, top ``topn``.
+def merge_candidates(interests, mask, item_vectors, candidates, topn, chunk=2048, merge="max", temperature=1.0):
+    """Exact serving scores of each user's candidates, duplicates removed, top ``topn``.
 
     Args:
         interests: float32 [U, K, d]; mask: bool [U, K]; item_vectors: float32 [n_items, d].
         candidates: int64 [U, K, C] (-1 = none).
+        merge, temperature: how the active interests' scores merge (``MIND.interest_merge``).
 
     Returns:
         (items int64 [U, topn] with -1 where a user has fewer candidates, scores float32
@@ -244,7 +249,7 @@ def merge_candidates(interests, mask, item_vectors, candidates, topn, chunk=2048
         duplicate[:, 1:] = items[:, 1:] == items[:, :-1]
         emb = item_vectors[items.clamp(min=0)]  # [B, C, d]
         scores = torch.einsum("bkd,bcd->bkc", interests[start:start + chunk], emb)
-        scores = scores.masked_fill(~mask[start:start + chunk].unsqueeze(-1), float("-inf")).amax(dim=1)
+        scores = merge_interests(scores, mask[start:start + chunk], merge, temperature)
         scores = scores.masked_fill(duplicate | (items < 0), float("-inf"))
         width = min(topn, scores.size(1))
         # items are ascending, so a stable sort by score breaks ties by item id
@@ -257,8 +262,8 @@ def merge_candidates(interests, mask, item_vectors, candidates, topn, chunk=2048
 
 
 def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, exclude=None,
-             built_index=None, labels=None, lam=0.0):
-    """Top-``topn`` items per user by max-interest score through a faiss index.
+             built_index=None, labels=None, lam=0.0, merge="max", temperature=1.0):
+    """Top-``topn`` items per user by serving score through a faiss index.
 
     Args:
         interests: float32 [U, K, d] interest vectors; mask: bool [U, K] active interests.
@@ -268,6 +273,7 @@ def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, 
         built_index: reuse an index made by :func:`build_index` over ``item_vectors[1:]``.
         labels, lam: with ``lam`` > 0, the merged candidates are re-ranked greedily for category
             diversity (:func:`recbole_mind.diversify.greedy_rerank`, categories ``labels``).
+        merge, temperature: how the active interests' scores merge (``MIND.interest_merge``).
 
     Returns:
         (items int64 [U, topn], scores float32 [U, topn]); -1 / -inf pad short lists.
@@ -283,10 +289,11 @@ def retrieve(interests, mask, item_vectors, topn=50, index="flat", params=None, 
     labels_to_items = np.arange(1, n_items, dtype=np.int64)
     candidates = search_interests(faiss_index, labels_to_items, interests, np.asarray(mask, dtype=bool),
                                   topn, n_items, exclude=exclude, oversample=params.oversample)
+    merging = {"merge": merge, "temperature": temperature}
     if not lam:
-        return merge_candidates(interests, mask, item_vectors, candidates, topn)
+        return merge_candidates(interests, mask, item_vectors, candidates, topn, **merging)
     items, scores = merge_candidates(interests, mask, item_vectors, candidates,
-                                     candidates.shape[1] * candidates.shape[2])
+                                     candidates.shape[1] * candidates.shape[2], **merging)
     picks = greedy_rerank(torch.as_tensor(items), torch.as_tensor(scores), labels, topn, lam).numpy()
     position = np.argmax(items[:, None, :] == picks[:, :, None], axis=2)  # each pick's place in items
     picked_scores = np.where(picks >= 0, np.take_along_axis(scores, position, axis=1), -np.inf)
@@ -320,7 +327,8 @@ def retrieve_for_dataset(model, dataset, topn=50, index="flat", params=None, exc
     interests, mask = user_interests(model, users, item_seq, item_seq_len)
     item_vectors = model.item_vectors().float().numpy()
     items, scores = retrieve(interests, mask, item_vectors, topn, index, params,
-                             exclude=history if exclude_history else None, labels=labels, lam=lam)
+                             exclude=history if exclude_history else None, labels=labels, lam=lam,
+                             merge=model.interest_merge, temperature=model.temperature)
     return users, items, scores
 
 

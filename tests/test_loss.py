@@ -82,15 +82,17 @@ def test_the_chunks_really_split_the_table():
     assert _chunk_size(2048, 4 << 20) == 512
 
 
-def test_bfloat16_matmuls_stay_close_to_float32_and_are_used():
+@pytest.mark.parametrize("merge, k", [("max", None), ("mixture", 3)])
+def test_bfloat16_matmuls_stay_close_to_float32_and_are_used(merge, k):
     generator = torch.Generator().manual_seed(3)
-    user = torch.randn(32, 16, generator=generator).requires_grad_()
+    user = torch.randn(32, *((k,) if k else ()), 16, generator=generator).requires_grad_()
     table = torch.randn(300, 16, generator=generator).requires_grad_()
     labels = torch.randint(1, 300, (32,), generator=generator)
     results = []
     for dtype in (None, torch.bfloat16):
         user.grad = table.grad = None
-        loss = cross_entropy(user, table, labels, padding_idx=0, chunk_bytes=64 * 4 * 32, matmul_dtype=dtype)
+        loss = cross_entropy(user, table, labels, padding_idx=0, chunk_bytes=64 * 4 * 32, matmul_dtype=dtype,
+                             merge=merge)
         loss.backward()
         assert loss.dtype == torch.float32 and user.grad.dtype == table.grad.dtype == torch.float32
         results.append((loss.detach(), user.grad.clone(), table.grad.clone()))
@@ -156,3 +158,75 @@ def test_native_bf16_probe_answers_for_this_machine():
 
     assert native_bf16_matmul("cpu") in (True, False)
     assert native_bf16_matmul(torch.device("meta")) is False
+
+
+def mixture_reference(user, table, labels, excluded, padding_idx, interest_mask):
+    scores = torch.einsum("bkd,nd->bkn", user, table).masked_fill(~interest_mask.unsqueeze(-1), float("-inf"))
+    logits = torch.logsumexp(scores, dim=1)
+    drop = torch.zeros_like(logits, dtype=torch.bool)
+    if excluded is not None:
+        drop[excluded] = True
+    drop[:, padding_idx] = True
+    return torch.nn.functional.cross_entropy(logits.masked_fill(drop, float("-inf")), labels)
+
+
+@pytest.mark.parametrize("n_items, chunk_bytes", [(50, 4 << 20), (1001, 64 * 4 * 16)])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("some_inactive", [False, True])
+def test_mixture_loss_and_gradients_equal_the_plain_softmax(n_items, chunk_bytes, masked, some_inactive):
+    """merge="mixture": an item's logit is log sum_k exp(user_k . e_i) over the active vectors."""
+    generator = torch.Generator().manual_seed(n_items + 2 * masked + some_inactive)
+    rows, k, d = 16, 3, 8
+    user = (3 * torch.randn(rows, k, d, generator=generator, dtype=torch.float64)).requires_grad_()
+    table = torch.randn(n_items, d, generator=generator, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(1, n_items, (rows,), generator=generator)
+    labels[1] = labels[0]
+    interest_mask = torch.ones(rows, k, dtype=torch.bool)
+    if some_inactive:  # rows with one or two active vectors, as MIND's short histories get
+        interest_mask[::2, 2] = False
+        interest_mask[::3, 1:] = False
+    excluded = None
+    if masked:
+        pairs = torch.rand(rows, n_items, generator=generator) < 0.3
+        pairs[torch.arange(rows), labels] = False
+        row_ids, item_ids = pairs.nonzero(as_tuple=True)
+        excluded = (torch.cat([row_ids, row_ids[:5]]), torch.cat([item_ids, item_ids[:5]]))
+    results = []
+    for loss_fn in (mixture_reference,
+                    lambda *a: cross_entropy(*a[:4], padding_idx=a[4], chunk_bytes=chunk_bytes, merge="mixture",
+                                             interest_mask=a[5])):
+        user.grad = table.grad = None
+        loss = loss_fn(user, table, labels, excluded, 0, interest_mask)
+        (2.5 * loss).backward()
+        results.append((loss.detach(), user.grad.clone(), table.grad.clone()))
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    assert results[1][1][~interest_mask].abs().sum() == 0  # inactive vectors learn nothing
+    # one vector a row: the mixture is the plain softmax
+    single = user[:, :1].detach()
+    torch.testing.assert_close(cross_entropy(single, table.detach(), labels, merge="mixture"),
+                               cross_entropy(single[:, 0], table.detach(), labels))
+
+
+def test_mixture_sampled_softmax_equals_a_row_loop():
+    from recbole_mind.model.loss import sampled_softmax
+
+    generator = torch.Generator().manual_seed(3)
+    rows, k, d, n_items, m = 6, 3, 5, 40, 12
+    user = torch.randn(rows, k, d, generator=generator, dtype=torch.float64)
+    table = torch.randn(n_items, d, generator=generator, dtype=torch.float64)
+    pos = torch.randint(1, n_items, (rows,), generator=generator)
+    negatives = torch.randint(1, n_items, (m,), generator=generator)
+    negatives[0] = pos[0]  # a negative equal to its row's label is masked
+    log_q = torch.log_softmax(torch.randn(n_items, generator=generator, dtype=torch.float64), 0)
+    mask = torch.ones(rows, k, dtype=torch.bool)
+    mask[2, 1:] = False
+    got = sampled_softmax(user, pos, table[pos], negatives, table[negatives], log_q, merge="mixture",
+                          interest_mask=mask)
+    losses = []
+    for r in range(rows):
+        vectors = user[r][mask[r]]
+        score = lambda item: torch.logsumexp(vectors @ table[item], 0) - log_q[item]
+        logits = [score(pos[r])] + [score(n) for n in negatives if n != pos[r]]
+        losses.append(-torch.log_softmax(torch.stack(logits), 0)[0])
+    torch.testing.assert_close(got, torch.stack(losses).mean())

@@ -12,6 +12,7 @@ from recbole_mind import properties
 from recbole_mind.model import MIND
 from recbole_mind.model.scoring import max_interest_scores
 from recbole_mind.config import build_config
+from recbole_mind.errors import UserError
 from recbole_mind.data import prepare_data
 from recbole_mind.model.layers import BEHAVIOURS, INTERESTS, LabelAwareAttention, active_interest_count
 
@@ -370,7 +371,8 @@ def test_exclude_history_masks_exactly_the_behaviours_when_serving(tiny_config):
 
 def hand_ce_loss(model, batch, seed, exclude, merged=False):
     """The exact softmax, row by row: history items (but not the label) leave the denominator.
-    ``merged``: an item's logit is its best score over the row's active interests."""
+    ``merged``: an item's logit is its best score over the row's active interests ("mixture": the
+    log of their summed exponentiated scores)."""
     torch.manual_seed(seed)
     profile = batch[model.USER_ID] if model.user_profile is not None else None
     interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], profile)
@@ -381,7 +383,9 @@ def hand_ce_loss(model, batch, seed, exclude, merged=False):
     for b in range(len(labels)):
         history = set(batch[model.ITEM_SEQ][b].tolist()) if exclude else set()
         kept = [i for i in range(1, model.n_items) if i not in history or i == int(labels[b])]
-        if merged:
+        if merged == "mixture":
+            logits = torch.logsumexp(interests[b][mask[b]] @ items[kept].t() / model.temperature, dim=0)
+        elif merged:
             logits = (interests[b][mask[b]] @ items[kept].t()).max(dim=0).values / model.temperature
         else:
             logits = user[b] @ items[kept].t()
@@ -746,3 +750,64 @@ def test_merged_training_scores_are_the_serving_max_over_the_active_interests(ti
         label_aware = hand_ce_loss(model, batch, 3, exclude=exclude)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert not torch.isclose(loss, label_aware, rtol=1e-4), "negatives must meet every interest's score"
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+@pytest.mark.parametrize("loss_type", ["CE", "SSM"])
+def test_mixture_training_scores_sum_the_active_interests(tiny_config, exclude, loss_type):
+    model, train_data = build(tiny_config, training_scores="merged", interest_merge="mixture", loss_type=loss_type,
+                              exclude_history=exclude, softmax_dtype="float32")
+    model.train()
+    batch = fixed_batch(train_data)
+    assert len(set(model.interest_mask(batch[model.ITEM_SEQ_LEN]).sum(dim=1).tolist())) > 1
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss = model.calculate_loss(batch)
+        if loss_type == "CE":
+            expected = hand_ce_loss(model, batch, 3, exclude=exclude, merged="mixture")
+        else:  # the same negatives, drawn after the forward's own draws
+            torch.manual_seed(3)
+            interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+            negatives = torch.multinomial(model.sampling_log_prob.exp(), model.num_negatives, replacement=True)
+            items, log_q, labels = model.item_vectors(), model.sampling_log_prob, batch[model.POS_ITEM_ID]
+            losses = []
+            for b in range(len(labels)):
+                history = set(batch[model.ITEM_SEQ][b].tolist()) if exclude else set()
+                score = lambda i: torch.logsumexp(interests[b][mask[b]] @ items[i] / model.temperature, 0) - log_q[i]
+                logits = [score(labels[b])] + [score(n) for n in negatives
+                                               if n != labels[b] and int(n) not in history]
+                losses.append(-torch.log_softmax(torch.stack(logits), 0)[0])
+            expected = torch.stack(losses).mean()
+        maximum = hand_ce_loss(model, batch, 3, exclude=exclude, merged=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(loss, maximum, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_mixture_serving_scores_equal_a_row_loop_and_predict(tiny_config, k):
+    from recbole_mind.model.scoring import mixture_interest_scores
+
+    model, _ = build(tiny_config, interest_num=k, training_scores="merged", interest_merge="mixture",
+                     dynamic_interest=True)
+    lengths = [1, 2, 3, 4, 5, 7, 8, L]
+    batch = sequences(model, lengths)
+    with torch.no_grad():
+        interests, mask = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+        scores, given, items = model.full_sort_predict(batch), model.predict(batch), model.item_vectors()
+        tiled = mixture_interest_scores(interests, mask, items, model.temperature, block_rows=3, block_items=7)
+    tau = model.temperature
+    expected = torch.stack([tau * torch.logsumexp(interests[b][mask[b]] @ items.t() / tau, dim=0)
+                            for b in range(len(lengths))])
+    expected[:, 0] = scores[:, 0]  # the padding item, as exclude_history leaves it
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tiled[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(given, scores[torch.arange(len(lengths)), batch[model.ITEM_ID]], rtol=1e-5, atol=1e-6)
+    if k == 1:  # one interest: the mixture is its score
+        torch.testing.assert_close(tiled, interests[:, 0] @ items.t(), rtol=1e-5, atol=1e-6)
+
+
+def test_mixture_needs_merged_training_scores(tiny_config):
+    with pytest.raises(UserError, match="interest_merge: mixture needs training_scores: merged"):
+        build(tiny_config, interest_merge="mixture")
+    with pytest.raises(UserError, match="interest_merge must be max or mixture"):
+        build(tiny_config, interest_merge="sum", training_scores="merged")

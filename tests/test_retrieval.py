@@ -129,6 +129,20 @@ def test_merge_removes_duplicates_and_keeps_the_max():
     assert scores[0, 4] == -np.inf
 
 
+def test_mixture_merge_scores_every_candidate_by_all_active_interests():
+    interests = np.array([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]], dtype=np.float32)  # the third inactive
+    mask = np.array([[True, True, False]])
+    vectors = np.array([[0, 0], [3, 0], [0, 2], [1, 1], [2, 2.5]], dtype=np.float32)
+    candidates = np.array([[[1, 4, 3], [4, 2, -1], [4, 3, 2]]])
+    tau = 2.0
+    items, scores = retrieve.merge_candidates(interests, mask, vectors, candidates, 5, merge="mixture",
+                                              temperature=tau)
+    by_hand = {i: tau * np.log(np.exp(vectors[i, 0] / tau) + np.exp(vectors[i, 1] / tau)) for i in (1, 2, 3, 4)}
+    assert items.tolist() == [sorted(by_hand, key=by_hand.get, reverse=True) + [-1]]
+    assert items[0, 0] == 4  # 2 and 2.5 together outrank the single 3 that wins the max
+    np.testing.assert_allclose(scores[0, :4], [by_hand[i] for i in items[0, :4]], rtol=1e-6)
+
+
 def test_user_histories_follow_the_inter_file(trained, tiny_root):
     dataset, length = trained["dataset"], trained["model"].max_seq_length
     sequences = {}

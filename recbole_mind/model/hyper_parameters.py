@@ -65,7 +65,7 @@ KEYS = {
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
     "item_features": _names, "interest_diversity": float, "routing_gradient": _boolean,
-    "training_scores": str,
+    "training_scores": str, "interest_merge": str,
 }
 
 
@@ -107,6 +107,9 @@ def read_hyper_parameters(config):
          f"training_scores must be label_aware or merged, got {hp.training_scores!r}"),
         (hp.training_scores == "label_aware" or hp.loss_type in ("CE", "SSM"),
          "training_scores: merged needs loss_type: CE or SSM"),
+        (hp.interest_merge in ("max", "mixture"), f"interest_merge must be max or mixture, got {hp.interest_merge!r}"),
+        (hp.interest_merge == "max" or hp.training_scores == "merged",
+         "interest_merge: mixture needs training_scores: merged (the training logits are the merged scores)"),
         (hp.temperature > 0, f"temperature must be > 0, got {hp.temperature}"),
         (hp.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}"),
         (hp.loss_type != "SSM" or hp.num_negatives >= 1,

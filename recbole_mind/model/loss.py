@@ -14,6 +14,8 @@ is kept; the result equals the plain version up to float rounding (tests/test_lo
 
 import torch
 
+from recbole_mind.model.scoring import merge_interests
+
 DEFAULT_CHUNK_BYTES = 4 << 20  # logits of one chunk: 4 MiB of float32
 
 
@@ -32,7 +34,10 @@ class _Exclusions:
     def apply(self, logits, start, stop):
         lo, hi = torch.searchsorted(self.items, torch.tensor([start, stop], device=self.items.device)).tolist()
         if hi > lo:
-            logits[self.rows[lo:hi], self.items[lo:hi] - start] = float("-inf")
+            if logits.dim() == 3:  # [B, K, chunk]: out of every vector's scores
+                logits[self.rows[lo:hi], :, self.items[lo:hi] - start] = float("-inf")
+            else:
+                logits[self.rows[lo:hi], self.items[lo:hi] - start] = float("-inf")
 
 
 def _chunk_logits(user, table, start, stop, excluded, padding_idx, dtype):
@@ -54,6 +59,26 @@ def _chunk_logits(user, table, start, stop, excluded, padding_idx, dtype):
     if padding_idx is not None and start <= padding_idx < stop:
         logits[:, padding_idx - start] = float("-inf")
     return logits, products, peak
+
+
+def _mixture_chunk_logits(user, table, start, stop, excluded, padding_idx, dtype, inactive):
+    """[B, K, chunk] logits in ``dtype`` of every vector against the chunk's items, -inf for the
+    excluded items, the padding item and the inactive vectors (``inactive`` [B, K] bool or None)."""
+    rows, k, dim = user.shape
+    logits = (user.reshape(rows * k, dim) @ table[start:stop].t()).view(rows, k, stop - start).to(dtype)
+    if inactive is not None:
+        logits.masked_fill_(inactive.unsqueeze(-1), float("-inf"))
+    if excluded is not None:
+        excluded.apply(logits, start, stop)
+    if padding_idx is not None and start <= padding_idx < stop:
+        logits[:, :, padding_idx - start] = float("-inf")
+    return logits
+
+
+def _mixture_label_logits(user, labels_m, dtype, inactive):
+    """[B, K] each vector's logit of its row's label (-inf where inactive)."""
+    logits = (user * labels_m.unsqueeze(1)).to(dtype).sum(dim=2)
+    return logits if inactive is None else logits.masked_fill(inactive, float("-inf"))
 
 
 def _label_logits(user, labels_m, dtype):
@@ -139,13 +164,65 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_user.view_as(user), grad_table, None, None, None, None, None
 
 
+class _ChunkedMixtureCrossEntropy(torch.autograd.Function):
+    """The softmax over items of log sum_k exp(user_k . e_i): the softmax over every (vector, item)
+    pair, its probabilities summed over the vectors. An item's logit is the log of the summed
+    exponentials of its K vectors' scores, each vector's share of the label the label's softmax
+    over the vectors."""
+
+    @staticmethod
+    def forward(ctx, user, table, labels, excluded, padding_idx, chunk, matmul_dtype, inactive):
+        rows, n_items = user.size(0), table.size(0)
+        user_m, table_m = user.to(matmul_dtype), table.to(matmul_dtype)
+        lse = torch.full((rows,), float("-inf"), dtype=user.dtype, device=user.device)
+        for start in range(0, n_items, chunk):
+            logits = _mixture_chunk_logits(user_m, table_m, start, min(start + chunk, n_items), excluded,
+                                           padding_idx, user.dtype, inactive)
+            lse = torch.logaddexp(lse, torch.logsumexp(logits.flatten(1), dim=1))
+        label_logits = _mixture_label_logits(user_m, table_m[labels], user.dtype, inactive)
+        target = torch.logsumexp(label_logits, dim=1)
+        ctx.save_for_backward(user, table, table_m, labels, lse, (label_logits - target.unsqueeze(1)).exp())
+        ctx.excluded, ctx.padding_idx, ctx.chunk, ctx.matmul_dtype = excluded, padding_idx, chunk, matmul_dtype
+        ctx.inactive = inactive
+        return (lse - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        user, table, table_m, labels, lse, label_shares = ctx.saved_tensors
+        rows, k = user.shape[:2]
+        n_items, dtype = table.size(0), ctx.matmul_dtype
+        user_m = user.to(dtype)
+        flat, flat_m = user.reshape(rows * k, -1), user_m.reshape(rows * k, -1)
+        scale = grad_output / rows
+        grad_user = torch.zeros_like(flat)
+        grad_table = torch.empty_like(table)
+        for start in range(0, n_items, ctx.chunk):
+            stop = min(start + ctx.chunk, n_items)
+            logits = _mixture_chunk_logits(user_m, table_m, start, stop, ctx.excluded, ctx.padding_idx,
+                                           user.dtype, ctx.inactive)
+            probs = (logits - lse.view(rows, 1, 1)).exp_().mul_(scale).view(rows * k, stop - start)
+            if dtype == user.dtype:
+                grad_user.addmm_(probs, table[start:stop])
+                torch.mm(probs.t(), flat, out=grad_table[start:stop])
+            else:
+                probs_m = probs.to(dtype)
+                grad_user += probs_m @ table_m[start:stop]
+                grad_table[start:stop] = probs_m.t() @ flat_m
+        # minus the label's one-hot, shared among the vectors by their softmax over the label
+        shares = (scale * label_shares).reshape(rows * k, 1)
+        grad_user -= shares * table[labels].repeat_interleave(k, dim=0)
+        grad_table.index_add_(0, labels, -(shares * flat).view(rows, k, -1).sum(dim=1))
+        return grad_user.view_as(user), grad_table, None, None, None, None, None, None
+
+
 def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_bytes=DEFAULT_CHUNK_BYTES,
-                  matmul_dtype=None):
+                  matmul_dtype=None, merge="max", interest_mask=None):
     """mean over rows of -log softmax(user @ table.T)[label], items in ``excluded`` left out.
 
-    With several vectors a row, ``user`` [B, K, d], an item's logit is its best score over the
-    row's K vectors, ``max_k user_k . e_i`` (the ranking MIND serves), and each logit's gradient
-    goes to the vector that gave it.
+    With several vectors a row, ``user`` [B, K, d], an item's logit merges its scores over the
+    row's K vectors (the ranking MIND serves): ``merge`` "max", the best score, ``max_k user_k . e_i``,
+    each logit's gradient going to the vector that gave it; "mixture", ``log sum_k exp(user_k . e_i)``
+    over the vectors ``interest_mask`` [B, K] marks active (default: all).
 
     Args:
         user: [B, d] or [B, K, d] float user vectors (already divided by any temperature).
@@ -159,20 +236,27 @@ def cross_entropy(user, table, labels, excluded=None, padding_idx=None, chunk_by
             roughly halves their time on CPUs with bf16 units, at bf16's ~3 significant digits
             in each logit (the log-sum-exp and the gradients' sums stay in float32).
     """
-    if user.dim() == 3 and user.size(1) == 1:  # one vector a row: the same logits, no max to take
+    if merge not in ("max", "mixture"):
+        raise ValueError(f"merge must be max or mixture, got {merge!r}")
+    if user.dim() == 3 and user.size(1) == 1:  # one vector a row: the same logits, nothing to merge
         user = user.squeeze(1)
     chunk = _chunk_size(user.size(0) * (user.size(1) if user.dim() == 3 else 1), chunk_bytes)
     if excluded is not None:
         excluded = _Exclusions(*excluded)
+    if merge == "mixture" and user.dim() == 3:
+        inactive = None if interest_mask is None or bool(interest_mask.all()) else ~interest_mask
+        return _ChunkedMixtureCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk,
+                                                 matmul_dtype or user.dtype, inactive)
     return _ChunkedCrossEntropy.apply(user, table, labels, excluded, padding_idx, chunk,
                                       matmul_dtype or user.dtype)
 
 
-def sampled_softmax(user, pos_items, pos_emb, negatives, neg_emb, log_q, item_seq=None):
+def sampled_softmax(user, pos_items, pos_emb, negatives, neg_emb, log_q, item_seq=None, merge="max",
+                    interest_mask=None):
     """Sampled softmax with log-Q correction over ``negatives`` shared by the batch.
 
-    With several vectors a row, ``user`` [B, K, d], an item's logit is its best score over the
-    row's K vectors (the ranking MIND serves), each logit's gradient going to the vector that gave it.
+    With several vectors a row, ``user`` [B, K, d], an item's logit merges its scores over the
+    row's K vectors as :func:`cross_entropy`'s ``merge`` and ``interest_mask`` say.
 
     Args:
         user: [B, d] or [B, K, d] user vectors (already divided by any temperature).
@@ -183,8 +267,13 @@ def sampled_softmax(user, pos_items, pos_emb, negatives, neg_emb, log_q, item_se
             row (``exclude_history``); a negative equal to the row's label is always masked.
     """
     if user.dim() == 3:
-        pos_score = (user * pos_emb.unsqueeze(1)).sum(-1).max(dim=1).values
-        neg_scores = (user @ neg_emb.t()).max(dim=1).values
+        pos_score, neg_scores = (user * pos_emb.unsqueeze(1)).sum(-1), user @ neg_emb.t()
+        if merge == "mixture":  # the user already divided by the temperature: log sum_k exp
+            if interest_mask is None:
+                interest_mask = torch.ones(user.shape[:2], dtype=torch.bool, device=user.device)
+            pos_score, neg_scores = (merge_interests(scores, interest_mask, merge) for scores in (pos_score, neg_scores))
+        else:
+            pos_score, neg_scores = pos_score.max(dim=1).values, neg_scores.max(dim=1).values
     else:
         pos_score, neg_scores = (user * pos_emb).sum(-1), user @ neg_emb.t()
     pos_logit = (pos_score - log_q[pos_items]).unsqueeze(-1)

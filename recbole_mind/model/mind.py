@@ -24,7 +24,7 @@ from recbole_mind.model.loss import cross_entropy, sampled_softmax
 from recbole_mind.model.hyper_parameters import SOFTMAX_DTYPES, read_hyper_parameters
 from recbole_mind.model.layers import (B2IRouting, FeatureEmbedding, LabelAwareAttention, active_interest_count,
                                        mean_pairwise_cosine, unit_length)
-from recbole_mind.model.scoring import exclude_input_sequence, max_interest_scores, pack_active
+from recbole_mind.model.scoring import exclude_input_sequence, interest_scores, merge_interests, pack_active
 from recbole_mind.repeats import describe, resolve_exclude_history
 
 # What routing computed for a batch: interests [B, K, d] (inactive ones zero), interest_mask
@@ -36,8 +36,8 @@ Routing = namedtuple("Routing", "interests interest_mask weights capsules positi
 class MIND(SequentialRecommender):
     r"""MIND represents a user by K'_u interest vectors extracted by dynamic routing.
 
-    Training scores the label with the label-aware mix of the interests (``merged``: every item's
-    serving score); serving (``full_sort_predict``, ``predict``) scores an item by its best interest.
+    Training scores the label with the label-aware mix of the interests (``merged``: the serving
+    score); serving scores an item by its best interest or (``interest_merge: mixture``) by all.
     """
 
     def __init__(self, config, dataset):
@@ -61,7 +61,7 @@ class MIND(SequentialRecommender):
         self.loss_type = hp.loss_type
         self.num_negatives = hp.num_negatives
         self.interest_diversity = hp.interest_diversity
-        self.training_scores = hp.training_scores
+        self.training_scores, self.interest_merge = hp.training_scores, hp.interest_merge
 
         # define layers and loss
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
@@ -126,17 +126,14 @@ class MIND(SequentialRecommender):
         return self._normalized(total / (1.0 + present.sum(dim=-1, keepdim=True)))
 
     def _normalized(self, vectors):
-        # normalize_vectors (not in the paper): unit vectors, so every score is a cosine and the
-        # softmax's sharpness is the temperature's alone, not the embeddings' norms (which CE
-        # grows with an item's frequency). A zero row (an inactive interest) stays zero.
+        # normalize_vectors (not in the paper): every score a cosine, the softmax's sharpness the
+        # temperature's alone, not the norms (CE grows them with frequency); zero rows stay zero.
         return unit_length(vectors) if self.normalize_vectors else vectors
 
     def table_rows(self, table, items):
-        """The rows of ``table`` (all item vectors) for ``items``. When the table is computed (unit
-        vectors, features) their gradient is sparse: autograd adds it into the table's dense
-        gradient, where a dense one would fill and add a zero [n_items, d] tensor for every lookup,
-        every step. The embedding itself as the table keeps dense lookups: Adam takes no sparse
-        gradient."""
+        """The rows of ``table`` (all item vectors) for ``items``, with a sparse gradient when the
+        table is computed (a dense one fills a zero [n_items, d] tensor every lookup); the embedding
+        itself as the table keeps dense lookups: Adam takes no sparse gradient."""
         sparse = table.grad_fn is not None and torch.is_grad_enabled()
         return nn.functional.embedding(items, table, sparse=sparse)
 
@@ -245,18 +242,21 @@ class MIND(SequentialRecommender):
         penalty = self.interest_penalty(routing)
         pos_items = interaction[self.POS_ITEM_ID]
         pos_emb = self.table_rows(table, pos_items) if table is not None else self.item_vectors(pos_items)
-        if self.training_scores == "merged":  # not in the paper: each logit the serving score (best interest)
-            user_vec = pack_active(interests, interest_mask) / self.temperature
+        merge = {"merge": self.interest_merge, "interest_mask": interest_mask}
+        if self.training_scores == "merged":  # not in the paper: each logit the serving score
+            mixture = self.interest_merge == "mixture"  # the mixture masks inactive interests itself
+            user_vec = (interests if mixture else pack_active(interests, interest_mask)) / self.temperature
         else:
             user_vec = self.attention(interests, pos_emb, interest_mask) / self.temperature
         if self.loss_type == "CE":
             excluded = self.history_pairs(item_seq, pos_items) if self.exclude_history else None
             return penalty + cross_entropy(user_vec, table, pos_items, excluded=excluded, padding_idx=0,
-                                           matmul_dtype=self.softmax_matmul_dtype)
+                                           matmul_dtype=self.softmax_matmul_dtype, **merge)
         if self.loss_type == "SSM":
             negatives = torch.multinomial(self.sampling_log_prob.exp(), self.num_negatives, replacement=True)
             return penalty + sampled_softmax(user_vec, pos_items, pos_emb, negatives, self.item_vectors(negatives),
-                                             self.sampling_log_prob, item_seq if self.exclude_history else None)
+                                             self.sampling_log_prob, item_seq if self.exclude_history else None,
+                                             **merge)
         neg_items = interaction[self.NEG_ITEM_ID] if self.NEG_ITEM_ID in interaction else (
             torch.randint(1, self.n_items, pos_items.shape, device=pos_items.device))
         pos_score = (user_vec * pos_emb).sum(-1)
@@ -285,7 +285,7 @@ class MIND(SequentialRecommender):
         interests, interest_mask = self._interests_of(interaction)
         items = interaction[self.ITEM_ID]
         scores = torch.einsum("bkd,bd->bk", interests, self.item_vectors(items))
-        scores = scores.masked_fill(~interest_mask, float("-inf")).amax(dim=-1)
+        scores = merge_interests(scores, interest_mask, self.interest_merge, self.temperature)
         if self.exclude_history:
             seen = (interaction[self.ITEM_SEQ] == items.unsqueeze(1)).any(dim=1)
             scores = scores.masked_fill(seen, float("-inf"))
@@ -294,7 +294,7 @@ class MIND(SequentialRecommender):
     def full_sort_predict(self, interaction):
         table = self.item_vectors()
         interests, interest_mask = self._interests_of(interaction, table)
-        scores = max_interest_scores(interests, interest_mask, table)
+        scores = interest_scores(interests, interest_mask, table, self.interest_merge, self.temperature)
         if self.exclude_history:
             exclude_input_sequence(scores, interaction[self.ITEM_SEQ])
         return scores

@@ -1,4 +1,5 @@
-"""MIND's serving scores: the max over a user's active interests, and the history filter."""
+"""MIND's serving scores: an item's scores by a user's active interests merged (their max, or their
+mixture), and the history filter."""
 
 import torch
 
@@ -63,3 +64,35 @@ def max_interest_scores(interests, interest_mask, item_emb, block_rows=256, bloc
             else:
                 torch.amax(products, dim=1, out=scores[r0:r1, c0:c1])
     return scores
+
+
+def merge_interests(scores, interest_mask, merge="max", temperature=1.0):
+    """[B, ...]: each item's scores [B, K, ...] by a row's K interests merged over the active ones
+    (``interest_mask`` [B, K]): ``max``, the best interest's; ``mixture``, tau log sum_k exp(s_k / tau),
+    the log of the summed probabilities of the interests' softmaxes at the training temperature,
+    in the scores' own units."""
+    mask = interest_mask.view(interest_mask.shape + (1,) * (scores.dim() - 2))
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if merge == "max":
+        return scores.amax(dim=1)
+    return temperature * torch.logsumexp(scores / temperature, dim=1)
+
+
+def mixture_interest_scores(interests, interest_mask, item_emb, temperature, block_rows=256, block_items=1024):
+    """[B, N] :func:`merge_interests` ``mixture`` of every item's scores, in tiles that stay in cache."""
+    batch, n_items = interests.size(0), item_emb.size(0)
+    scores = torch.empty(batch, n_items, dtype=interests.dtype, device=interests.device)
+    for r0 in range(0, batch, block_rows):
+        rows = slice(r0, min(r0 + block_rows, batch))
+        for c0 in range(0, n_items, block_items):
+            items = slice(c0, min(c0 + block_items, n_items))
+            products = torch.einsum("bkd,nd->bkn", interests[rows], item_emb[items])
+            scores[rows, items] = merge_interests(products, interest_mask[rows], "mixture", temperature)
+    return scores
+
+
+def interest_scores(interests, interest_mask, item_emb, merge="max", temperature=1.0):
+    """[B, N] every item's serving score, its active interests' scores merged as ``merge`` says."""
+    if merge == "mixture":
+        return mixture_interest_scores(interests, interest_mask, item_emb, temperature)
+    return max_interest_scores(interests, interest_mask, item_emb)
