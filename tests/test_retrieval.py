@@ -84,6 +84,23 @@ def test_flat_equals_full_sort_predict(trained, exclude_history):
     assert_matches_full_sort(items, scores, full_sort(trained, exclude_history), TOPN)
 
 
+def test_flat_mixture_with_every_item_a_candidate_equals_the_mixture_ranking(trained):
+    """With ``interest_merge: mixture`` the merge scores candidates by tau log sum_j exp(s_j / tau);
+    when each interest's list holds every item, the lists are the full mixture ranking's top N."""
+    interests, mask, vectors = (torch.as_tensor(trained[k]) for k in ("interests", "mask", "item_vectors"))
+    tau = 0.1
+    per_interest = torch.einsum("ukd,nd->ukn", interests, vectors).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    reference = (tau * torch.logsumexp(per_interest / tau, dim=1)).numpy()
+    reference[:, 0] = -np.inf
+    oversample = -(-len(vectors) // TOPN)  # each interest keeps the whole catalogue
+    items, scores = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"], TOPN, "flat",
+                                      params=retrieve.IndexParams(oversample=oversample), merge="mixture",
+                                      temperature=tau)
+    assert_matches_full_sort(items, scores, reference, TOPN)
+    maximum, _ = retrieve.retrieve(trained["interests"], trained["mask"], trained["item_vectors"], TOPN, "flat")
+    assert (maximum != items).any()  # the mixture ranks differently from the max
+
+
 def test_history_is_removed_and_lists_are_deep_enough(trained):
     n_items = trained["model"].n_items
     seen = np.bincount(trained["history"] // n_items, minlength=len(trained["users"]))
