@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from recbole_mind import retrieve  # noqa: E402  (importing the package applies its stack fixes first)
 from recbole_mind.checkpoint import load_checkpoint, restore  # noqa: E402
 from recbole_mind.histories import user_histories  # noqa: E402
+from recbole_mind.model.scoring import merge_interests  # noqa: E402
 
 TOPN = 50
 K = 4
@@ -85,7 +86,8 @@ def real_vectors(checkpoint, data_path, n_users, rng):
     info = {"checkpoint": os.path.basename(checkpoint), "dataset": config["dataset"],
             "real_items": int(len(items)),
             "epochs_trained": int(load_checkpoint(checkpoint)["epoch"]) + 1,
-            "active_interests_mean": float(mask.sum(1).mean())}
+            "active_interests_mean": float(mask.sum(1).mean()),
+            "interest_merge": model.interest_merge, "temperature": float(model.temperature)}
     return items, interests, mask, info
 
 
@@ -101,10 +103,11 @@ def real_catalogue(items, n, rng):
     return np.concatenate([items, copies])
 
 
-def exact_topk(interests, mask, items, batch=16):
-    """Exact top-N by max over active interests, torch full-sort scoring (ground truth).
+def exact_topk(interests, mask, items, batch=16, merge="max", temperature=1.0):
+    """Exact top-N by the serving score (the max over active interests, or their mixture),
+    torch full-sort scoring (ground truth).
 
-    One [B*K, d] x [d, n] matmul per batch of users, masked max over interests, top-k.
+    One [B*K, d] x [d, n] matmul per batch of users, masked merge over interests, top-k.
     """
     items_t = torch.from_numpy(items)
     out = []
@@ -112,7 +115,7 @@ def exact_topk(interests, mask, items, batch=16):
         q = torch.from_numpy(interests[start:start + batch])
         m = torch.from_numpy(mask[start:start + batch])
         scores = (q.reshape(-1, q.size(-1)) @ items_t.t()).view(q.size(0), q.size(1), -1)
-        scores = scores.masked_fill_(~m.unsqueeze(-1), float("-inf")).amax(dim=1)
+        scores = merge_interests(scores, m, merge, temperature)
         out.append(torch.topk(scores, TOPN, dim=1).indices)
     return torch.cat(out).numpy()
 
@@ -122,12 +125,21 @@ def recall(found, truth):
     return float((hits / truth.shape[1]).mean())
 
 
-def bench_size(items, interests, mask, indexes, log, max_size, hnsw_metric="l2"):
-    """Exact path and every index on one catalogue; labels are rows of ``items``."""
+def sweep_settings(kind, oversamples=(1,)):
+    """The search settings tried on a ``kind`` index: its sweep, each at every ``oversamples``
+    depth of the interests' lists (settings that set their own depth keep it)."""
+    return [setting if "oversample" in setting else ({**setting, "oversample": o} if o != 1 else setting)
+            for setting in SWEEPS[kind] for o in (oversamples if "oversample" not in setting else (1,))]
+
+
+def bench_size(items, interests, mask, indexes, log, max_size, hnsw_metric="l2", merge="max",
+               temperature=1.0, oversamples=(1,)):
+    """Exact path and every index on one catalogue; labels are rows of ``items``. ``merge`` and
+    ``temperature`` set the serving score of both; ``oversamples`` the depths of the lists."""
     # retrieve() treats row 0 as padding: prepend a zero row so item r+1 is catalogue row r
     with_pad = np.concatenate([np.zeros((1, DIM), dtype=np.float32), items])
     started = time.perf_counter()
-    truth = exact_topk(interests, mask, items) + 1
+    truth = exact_topk(interests, mask, items, merge=merge, temperature=temperature) + 1
     exact_s = time.perf_counter() - started
     result = {"n_items": int(len(items)), "queries": int(len(interests)),
               "exact_qps": len(interests) / exact_s}
@@ -141,12 +153,13 @@ def bench_size(items, interests, mask, indexes, log, max_size, hnsw_metric="l2")
         index = retrieve.build_index(items, kind, params)
         build_s = time.perf_counter() - started
         sweep = []
-        for setting in SWEEPS[kind]:
+        for setting in sweep_settings(kind, oversamples):
             p = retrieve.IndexParams(**{**params.__dict__, **setting})
             if kind in ("ivf", "ivfpq"):
                 index.nprobe = min(p.nprobe, index.nlist)
             started = time.perf_counter()
-            found, _ = retrieve.retrieve(interests, mask, with_pad, TOPN, params=p, built_index=index)
+            found, _ = retrieve.retrieve(interests, mask, with_pad, TOPN, params=p, built_index=index,
+                                         merge=merge, temperature=temperature)
             seconds = time.perf_counter() - started
             sweep.append({"params": setting, "qps": len(interests) / seconds, "recall@50": recall(found, truth)})
             log(f"  {kind} {setting}: {sweep[-1]['qps']:.1f} users/s, recall@50 {sweep[-1]['recall@50']:.4f}")
@@ -197,7 +210,10 @@ def plot(results, path, threads):
 
 
 def markdown_tables(report):
-    """The report's figures as markdown tables (one per vector source), for results/retrieval.md."""
+    """The report's figures as markdown tables (one per vector source), for results/retrieval.md:
+    each index's fastest setting at the target recall, or every setting tried when the run tried
+    several list depths (``--oversample``)."""
+    every = len(report["settings"].get("oversample", [1])) > 1
     lines = []
     for title, sizes in (("synthetic", report["sizes"]), ("real", report["real_sizes"])):
         if not sizes:
@@ -215,9 +231,10 @@ def markdown_tables(report):
                     lines.append(f"| {int(n):,} | {kind} | not run at this size | | | | |")
                     continue
                 r = row[kind]
-                setting = ", ".join(f"{k}={v}" for k, v in {**r["index_params"], **r["params"]}.items()) or "-"
-                lines.append(f"| {int(n):,} | {kind} | {setting} | {r['qps']:.1f} | {r['speedup_vs_exact']:.1f} "
-                             f"| {r['recall@50']:.4f} | {r['build_s']:.1f} |")
+                for tried in (r["sweep"] if every else [r]):
+                    setting = ", ".join(f"{k}={v}" for k, v in {**r["index_params"], **tried["params"]}.items()) or "-"
+                    lines.append(f"| {int(n):,} | {kind} | {setting} | {tried['qps']:.1f} "
+                                 f"| {tried['qps'] / row['exact_qps']:.1f} | {tried['recall@50']:.4f} | {r['build_s']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -240,6 +257,13 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch and faiss threads")
     parser.add_argument("--hnsw_metric", default="l2", choices=["l2", "ip"],
                         help="hnsw graph on the inner-product-to-L2 reduction (l2) or the raw inner product")
+    parser.add_argument("--merge", default=None, choices=["max", "mixture"],
+                        help="serving score of the exact path and the merge (default: the checkpoint's, else max)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="tau of the mixture (default: the checkpoint's, else 0.1)")
+    parser.add_argument("--oversample", type=int, nargs="+", default=[1],
+                        help="depths of each interest's list tried, in multiples of 50")
+    parser.add_argument("--no_synthetic", action="store_true", help="measure the checkpoint's vectors only")
     parser.add_argument("--out", default="results/retrieval", help="prefix of the .json and .png written")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -255,26 +279,36 @@ def main():
     def log(message):
         print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
+    if args.oversample and min(args.oversample) < 1:
+        parser.error("--oversample values must be >= 1")
+    if args.no_synthetic and not args.checkpoint:
+        parser.error("--no_synthetic needs --checkpoint")
     results = {"synthetic": {}, "real": {}}
     real = None
     if args.checkpoint:
         real = real_vectors(args.checkpoint, args.data_path, args.queries, rng)
         log(f"real vectors: {real[3]}")
+    merging = {"merge": args.merge or (real[3]["interest_merge"] if real else "max"),
+               "temperature": args.temperature or (real[3]["temperature"] if real else 0.1),
+               "oversamples": tuple(args.oversample)}
+    max_size = {"flat": args.flat_max, "hnsw": args.hnsw_max}
     for n in args.sizes:
-        items, centres = synthetic_items(n, rng)
-        interests, mask = synthetic_queries(centres, args.queries, rng)
-        log(f"synthetic, {n} items")
-        max_size = {"flat": args.flat_max, "hnsw": args.hnsw_max}
-        results["synthetic"][str(n)] = bench_size(items, interests, mask, args.indexes, log, max_size,
-                                                  args.hnsw_metric)
+        if not args.no_synthetic:
+            items, centres = synthetic_items(n, rng)
+            interests, mask = synthetic_queries(centres, args.queries, rng)
+            log(f"synthetic, {n} items")
+            results["synthetic"][str(n)] = bench_size(items, interests, mask, args.indexes, log, max_size,
+                                                      args.hnsw_metric, **merging)
         if real is not None:
             log(f"real, {n} items")
             results["real"][str(n)] = bench_size(real_catalogue(real[0], n, rng), real[1], real[2],
-                                                 args.indexes, log, max_size, args.hnsw_metric)
+                                                 args.indexes, log, max_size, args.hnsw_metric, **merging)
     report = {
         "sizes": results["synthetic"],
         "real_sizes": results["real"],
         "settings": {"K": K, "d": DIM, "topk": TOPN, "queries": args.queries, "threads": args.threads,
+                     "merge": merging["merge"], "temperature": merging["temperature"],
+                     "oversample": list(args.oversample),
                      "target_recall@50": TARGET_RECALL, "real": real[3] if real else None,
                      "faiss": faiss.__version__, "torch": torch.__version__,
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -289,3 +289,25 @@ def test_cli_retrieve_with_diversity_lambda(trained, tiny_root, tmp_path):
     assert cli.main(["--retrieve", "--checkpoint", trained["path"], "--topk", "5", "--diversity_lambda", "0.5",
                      "--output", str(out), f"--data_path={tiny_root}"]) == 0
     assert out.read_text().startswith("user_id,rank,item_id,score")
+
+
+def test_retrieval_bench_measures_the_mixture_against_its_own_exact_ranking():
+    from bench import retrieval as bench_retrieval
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((400, bench_retrieval.DIM)).astype(np.float32)
+    interests = rng.standard_normal((12, 4, bench_retrieval.DIM)).astype(np.float32)
+    mask = rng.random((12, 4)) < 0.6
+    mask[:, 0] = True
+    tau = 0.5
+    truth = bench_retrieval.exact_topk(interests, mask, items, merge="mixture", temperature=tau)
+    for user in range(len(interests)):  # plain-loop reference of the exact mixture ranking
+        active = interests[user][mask[user]].astype(np.float64)
+        scores = tau * np.log(np.exp(items.astype(np.float64) @ active.T / tau).sum(axis=1))
+        assert sorted(truth[user]) == sorted(np.argsort(-scores)[:bench_retrieval.TOPN])
+    result = bench_retrieval.bench_size(items, interests, mask, ["flat"], lambda message: None, {},
+                                        merge="mixture", temperature=tau, oversamples=(1, 8))
+    sweep = result["flat"]["sweep"]
+    assert [s["params"] for s in sweep] == [{}, {"oversample": 8}]
+    assert sweep[1]["recall@50"] == 1.0  # lists of 8 x 50 hold the whole catalogue
+    assert sweep[0]["recall@50"] <= 1.0
