@@ -229,6 +229,8 @@ class Explainer:
         health = capsule_health(routed, self.model.item_vectors(routed["target"]),
                                 self.model.routing.eval_logits)
         health["top_overlap"] = top_item_overlap(routed, self.model.item_vectors()).numpy()
+        health["split_cosine"] = random_split_cosine(self.model.item_vectors(routed["items"]),
+                                                     routed["weights"].sum(dim=-1) > 0, routed["mask"]).numpy()
         return health
 
     @torch.no_grad()
@@ -322,6 +324,31 @@ def capsule_health(routed, target_emb, initial_logits=None):
     return health
 
 
+def group_mean_cosine(behaviour_emb, assignment, seq_mask, interest_mask):
+    """[B] mean pairwise cosine of the mean vectors of a row's behaviour groups: behaviours
+    ``behaviour_emb`` [B, L, d] where ``seq_mask`` [B, L], each in group ``assignment`` [B, L]
+    (an active interest of ``interest_mask`` [B, K]); groups left empty take no part; NaN for a
+    row with fewer than two groups."""
+    groups = F.one_hot(assignment, interest_mask.size(1)).to(behaviour_emb.dtype) * seq_mask.unsqueeze(-1)
+    means = torch.einsum("blk,bld->bkd", groups, behaviour_emb)
+    return mean_pairwise_cosine(means, interest_mask & (groups.sum(dim=1) > 0))
+
+
+def random_split_cosine(behaviour_emb, seq_mask, interest_mask, draws=5, seed=0):
+    """[B] the interest cosine to expect if each of a row's active interests were the mean of a
+    random share of its routed behaviours (each behaviour to one of the K'_u active interests,
+    uniformly), averaged over ``draws``: how apart the user's own behaviours let interests be.
+    NaN where a row has fewer than two groups in every draw."""
+    generator = torch.Generator().manual_seed(seed)
+    active = interest_mask.sum(dim=1, keepdim=True).clamp(min=1)
+    slots = torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)  # active interests first
+    cosines = []
+    for _ in range(draws):  # a loop over draws; each draw is vectorised over users
+        pick = (torch.rand(seq_mask.shape, generator=generator) * active).long()  # [B, L] in [0, K'_u)
+        cosines.append(group_mean_cosine(behaviour_emb, slots.gather(1, pick), seq_mask, interest_mask))
+    return torch.stack(cosines).nanmean(dim=0)
+
+
 def top_item_overlap(routed, item_emb, top=10, batch_size=1024):
     """[B] mean share of top-``top`` items that two active interests of a user both retrieve.
 
@@ -357,6 +384,8 @@ def health_summary(health):
         "share_cosine_above_0.9": float((health["cosine"][multi] > 0.9).mean()) if multi.any() else None,
         "mean_top10_overlap": float(np.nanmean(health["top_overlap"])) if multi.any() and "top_overlap" in health
         else None,
+        "mean_split_cosine": float(np.nanmean(health["split_cosine"][multi]))
+        if "split_cosine" in health and np.isfinite(health["split_cosine"][multi]).any() else None,
         "mean_norm_by_interest": [float(np.nanmean(health["norms"][:, j])) if (active > j).any() else None
                                   for j in range(k)],
         "winner_share": [float((winner == j).mean()) for j in range(k)],
@@ -425,6 +454,9 @@ def plot_health(health, purities, path, title=""):
         bins = np.linspace(-1, 1, 41)
         ax.hist(health["cosine"][multi], bins=bins, alpha=0.7, label="interests v (after H)")
         ax.hist(health["capsule_cosine"][multi], bins=bins, alpha=0.7, label="capsules u (routing)")
+        if "split_cosine" in health:
+            ax.hist(health["split_cosine"][multi], bins=bins, alpha=0.5, histtype="step", linewidth=1.5,
+                    color="black", label="random shares of the behaviours")
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "one interest per user:\nno pairs", ha="center", va="center", transform=ax.transAxes)
@@ -480,13 +512,14 @@ def plot_health(health, purities, path, title=""):
 # ----------------------------------------------------------------------------- report
 def interest_health(model, dataset, eval_data, genre_field=None):
     """The interest-health figures reported beside accuracy: mean pairwise cosine of a user's
-    interests, top-10 items two interests share, share of behaviours that follow their start
+    interests (and, for reference, of interests that were random shares of the same behaviours),
+    top-10 items two interests share, share of behaviours that follow their start
     logit (and its chance level), and the purity lift of each interest's behaviours (genres
     where ``genre_field`` is loaded, co-occurrence clusters always), over ``eval_data``'s rows."""
     explainer = Explainer(model, dataset, eval_data, genre_field=genre_field)
     summary = health_summary(explainer.capsule_health())
-    health = {key: summary[key] for key in ("mean_cosine", "mean_top10_overlap", "follows_init",
-                                            "follows_init_chance")}
+    health = {key: summary[key] for key in ("mean_cosine", "mean_split_cosine", "mean_top10_overlap",
+                                            "follows_init", "follows_init_chance")}
     genres = explainer.genre_labels()
     purities = {"cooccurrence": explainer.purity(explainer.cooccurrence_labels())}
     if genres is not None:
@@ -531,6 +564,7 @@ def format_report(report):
              f"users: {h['users']}  K'_u counts: {h['active_counts']}",
              f"mean pairwise cosine of interests: {num(h['mean_cosine'])} (capsules {num(h['mean_capsule_cosine'])}),"
              f" share of users above 0.9: {num(h['share_cosine_above_0.9'])}",
+             f"the same for interests that were each a random share of the behaviours: {num(h.get('mean_split_cosine'))}",
              f"top-10 items shared by two interests of a user: {num(h['mean_top10_overlap'])}",
              "mean norm by interest: " + ", ".join(num(v) for v in h["mean_norm_by_interest"]),
              "test item best scored by interest: " + ", ".join(f"{v:.3f}" for v in h["winner_share"])

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_mind import cli, explain, train
 from recbole_mind.errors import UserError
@@ -238,3 +239,28 @@ def test_cli_names_the_held_out_users_of_a_multi_target_checkpoint(tmp_path_fact
     out = tmp_path_factory.mktemp("multi_target-explained")
     assert cli.main(["--explain", "--checkpoint", checkpoint, "--users", example, "--output_dir", str(out)]) == 0
     assert (out / f"user_{example}.png").is_file()
+
+
+def test_group_mean_cosine_equals_a_loop_and_random_shares_of_equal_behaviours_are_one():
+    generator = torch.Generator().manual_seed(3)
+    emb = torch.randn(6, 7, 5, generator=generator)
+    seq_mask = torch.arange(7) < torch.tensor([7, 5, 3, 2, 1, 6]).unsqueeze(1)
+    interest_mask = torch.arange(4) < torch.tensor([4, 3, 2, 4, 4, 1]).unsqueeze(1)
+    assignment = torch.randint(0, 4, (6, 7), generator=generator) % interest_mask.sum(1, keepdim=True)
+    got = explain.group_mean_cosine(emb, assignment, seq_mask, interest_mask)
+    for row in range(6):  # plain-loop reference
+        means = [emb[row][seq_mask[row] & (assignment[row] == j)].mean(0) for j in range(4)
+                 if interest_mask[row, j] and bool((seq_mask[row] & (assignment[row] == j)).any())]
+        pairs = [F.cosine_similarity(a, b, dim=0) for i, a in enumerate(means) for b in means[i + 1:]]
+        if pairs:
+            assert float(got[row]) == pytest.approx(float(torch.stack(pairs).mean()), abs=1e-5)
+        else:
+            assert torch.isnan(got[row])
+    same = emb[:, :1].expand(-1, 7, -1)  # every behaviour of a row the same vector
+    split = explain.random_split_cosine(same, seq_mask, interest_mask, draws=4)
+    assert torch.allclose(split[:4], torch.ones(4), atol=1e-5)  # rows with >= 2 behaviours and interests
+    assert torch.isnan(split[4:]).all()  # one behaviour, or one interest: no pair
+    again = explain.random_split_cosine(emb, seq_mask, interest_mask, draws=4)
+    torch.testing.assert_close(again, explain.random_split_cosine(emb, seq_mask, interest_mask, draws=4),
+                               rtol=0, atol=0, equal_nan=True)  # seeded
+    assert bool((again[:4] < 0.999).all())
