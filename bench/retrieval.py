@@ -128,8 +128,11 @@ def recall(found, truth):
 def sweep_settings(kind, oversamples=(1,)):
     """The search settings tried on a ``kind`` index: its sweep, each at every ``oversamples``
     depth of the interests' lists (settings that set their own depth keep it)."""
-    return [setting if "oversample" in setting else ({**setting, "oversample": o} if o != 1 else setting)
-            for setting in SWEEPS[kind] for o in (oversamples if "oversample" not in setting else (1,))]
+    settings = []
+    for setting in SWEEPS[kind]:
+        depths = (1,) if "oversample" in setting else oversamples
+        settings += [setting if depth == 1 else {**setting, "oversample": depth} for depth in depths]
+    return settings
 
 
 def bench_size(items, interests, mask, indexes, log, max_size, hnsw_metric="l2", merge="max",

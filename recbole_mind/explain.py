@@ -31,6 +31,7 @@ from recbole_mind.checkpoint import restore
 from recbole_mind.errors import UserError
 from recbole_mind.files import write_json_atomic
 from recbole_mind.model.layers import mean_pairwise_cosine
+from recbole_mind.model.scoring import active_first
 
 # .item columns used as titles when the dataset has them (ml-100k: movie_title).
 TITLE_FIELDS = ("movie_title", "title")
@@ -341,7 +342,7 @@ def random_split_cosine(behaviour_emb, seq_mask, interest_mask, draws=5, seed=0)
     NaN where a row has fewer than two groups in every draw."""
     generator = torch.Generator().manual_seed(seed)
     active = interest_mask.sum(dim=1, keepdim=True).clamp(min=1)
-    slots = torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)  # active interests first
+    slots = active_first(interest_mask)
     cosines = []
     for _ in range(draws):  # a loop over draws; each draw is vectorised over users
         pick = (torch.rand(seq_mask.shape, generator=generator) * active).long()  # [B, L] in [0, K'_u)

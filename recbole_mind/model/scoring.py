@@ -17,13 +17,18 @@ def exclude_input_sequence(scores, item_seq):
     return scores.scatter_(1, item_seq, float("-inf"))
 
 
+def active_first(interest_mask):
+    """[B, K] each row's interest slots, its active ones first (in order), then the inactive."""
+    return torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)
+
+
 def pack_active(interests, interest_mask):
     """[B, K, d]: each row's active interests first, every inactive slot a copy of the row's first
     active one. A duplicate never changes a max over the interests, so scoring the packed
     interests needs no mask (each row needs one active interest)."""
     k, dim = interests.shape[1:]
     active = interest_mask.sum(dim=1)
-    slots = torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)
+    slots = active_first(interest_mask)
     packed = interests.gather(1, slots.unsqueeze(-1).expand(-1, -1, dim))
     prefix = torch.arange(k, device=active.device).unsqueeze(0) < active.unsqueeze(1)
     return torch.where(prefix.unsqueeze(-1), packed, packed[:, :1])
