@@ -65,8 +65,7 @@ KEYS = {
     "exclude_history": parse_setting, "softmax_dtype": str, "loss_type": str, "num_negatives": int,
     "sampling_distribution": str, "sampling_alpha": float, "user_features": _names,
     "item_features": _names, "interest_diversity": float, "routing_gradient": _boolean,
-    "training_scores": str, "interest_merge": str, "routing_temperature": float,
-    "whole_history_interest": _boolean,
+    "training_scores": str, "interest_merge": str,
 }
 
 
@@ -112,7 +111,6 @@ def read_hyper_parameters(config):
         (hp.interest_merge == "max" or hp.training_scores == "merged",
          "interest_merge: mixture needs training_scores: merged (the training logits are the merged scores)"),
         (hp.temperature > 0, f"temperature must be > 0, got {hp.temperature}"),
-        (hp.routing_temperature >= 0, f"routing_temperature must be >= 0 (0: dot products), got {hp.routing_temperature}"),
         (hp.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {hp.loss_type!r}"),
         (hp.loss_type != "SSM" or hp.num_negatives >= 1,
          f"num_negatives must be >= 1 with loss_type SSM, got {hp.num_negatives}"),

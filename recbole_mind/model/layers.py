@@ -97,17 +97,10 @@ class B2IRouting(nn.Module):
             instead of from a random, position-fixed split; the same in training and serving.
         gradient: keep the routing logits in the graph (not in the paper; ComiRec detaches
             them), so a loss also trains what each interest gathers, not only the last z_j.
-        temperature: tau_r (not in the paper): the agreements become cosines over tau_r, so how
-            sharply a behaviour picks its interest no longer follows the capsules' lengths;
-            None keeps the paper's dot products u_j . S e_i.
-        whole_history: interest 1 is not routed (not in the paper): it gathers every behaviour
-            with the same weight 1/K, the one vector of K = 1, and the other K - 1 are routed as
-            usual, so they need not also carry what the whole history holds.
     """
 
     def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3,
-                 init_std=1.0, softmax_axis=INTERESTS, seed=2019, init=RANDOM, gradient=False,
-                 temperature=None, whole_history=False):
+                 init_std=1.0, softmax_axis=INTERESTS, seed=2019, init=RANDOM, gradient=False):
         super().__init__()
         if softmax_axis not in (INTERESTS, BEHAVIOURS):
             raise ValueError(
@@ -118,8 +111,6 @@ class B2IRouting(nn.Module):
         self.interest_num = interest_num
         self.iterations = iterations
         self.gradient = gradient
-        self.temperature = temperature or None
-        self.whole_history = whole_history and interest_num > 1  # one interest: routing is even already
         self.init_std = init_std
         self.init = init
         self.softmax_axis = softmax_axis
@@ -172,15 +163,7 @@ class B2IRouting(nn.Module):
         behaviours p_j (:meth:`seed_positions`); the routing masks inactive interests."""
         positions = self.seed_positions(projected, seq_mask, interest_mask.size(1))
         seeds = torch.gather(projected, 1, positions.unsqueeze(-1).expand(-1, -1, projected.size(-1)))
-        return self.agreements(squash(seeds), projected)
-
-    def agreements(self, interests, projected):
-        """[B, L, K] agreements of interests [B, K, d] with behaviour capsules [B, L, d]: the
-        paper's u_j . S e_i, or their cosines over tau_r with ``temperature``."""
-        if self.temperature is None:
-            return torch.einsum("bkd,bld->blk", interests, projected)
-        cosines = torch.einsum("bkd,bld->blk", unit_length(interests), unit_length(projected))
-        return cosines / self.temperature
+        return torch.einsum("bkd,bld->blk", squash(seeds), projected)
 
     def routing_weights(self, logits, mask):
         """Masked softmax of the logits [B, L, K]; masked entries get weight exactly 0.
@@ -220,23 +203,12 @@ class B2IRouting(nn.Module):
         logits (:meth:`initial_logits`), so routing them equals routing the whole sequence with
         the others masked. The seeded start needs neither: it is computed from the behaviours.
         """
-        if self.whole_history:
-            even = seq_mask.to(projected.dtype).unsqueeze(-1) / self.interest_num  # [B, L, 1]
-            whole = squash(torch.einsum("bl,bld->bd", even.squeeze(-1), projected)).unsqueeze(1)
-            routed, weights = self._route(projected, seq_mask, interest_mask[:, 1:],
-                                          None if logits is None else logits[..., 1:], positions, seq_length)
-            return (torch.cat([whole * interest_mask[:, :1].unsqueeze(-1), routed], dim=1),
-                    torch.cat([even * interest_mask[:, :1].unsqueeze(1), weights], dim=-1))
-        return self._route(projected, seq_mask, interest_mask, logits, positions, seq_length)
-
-    def _route(self, projected, seq_mask, interest_mask, logits, positions, seq_length):
         batch_size, routed_length, _ = projected.shape
         projected_const = projected if self.gradient else projected.detach()
         if logits is None and self.init == SEEDED:
             logits = self.seeded_logits(projected_const, seq_mask, interest_mask)
         elif logits is None:
             logits = self.initial_logits(batch_size, seq_length or routed_length, projected.device, positions)
-            logits = logits[..., self.interest_num - interest_mask.size(1):]
         mask = seq_mask.unsqueeze(-1) & interest_mask.unsqueeze(1)  # [B, L, K]
         for iteration in range(self.iterations):
             weights = self.routing_weights(logits, mask)
@@ -244,7 +216,7 @@ class B2IRouting(nn.Module):
             # Unless ``gradient``, the logits carry no gradient: only the last z_j sees S e_i with its gradient.
             interests = squash(torch.einsum("blk,bld->bkd", weights, projected if last else projected_const))
             if not last:
-                logits = logits + self.agreements(interests, projected_const)
+                logits = logits + torch.einsum("bkd,bld->blk", interests, projected_const)
         return interests, weights
 
 

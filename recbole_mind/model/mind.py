@@ -72,8 +72,7 @@ class MIND(SequentialRecommender):
         self.routing = B2IRouting(self.embedding_size, self.interest_num, self.max_seq_length,
                                   iterations=hp.routing_iterations, init_std=hp.routing_init_std,
                                   softmax_axis=hp.routing_softmax_axis, seed=hp.routing_seed,
-                                  init=hp.routing_init, gradient=hp.routing_gradient, temperature=hp.routing_temperature,
-                                  whole_history=hp.whole_history_interest)
+                                  init=hp.routing_init, gradient=hp.routing_gradient)
         tower, width = [], self.embedding_size * (1 + len(hp.user_features))
         for _ in range(hp.hidden_layers):
             tower += [nn.Linear(width, self.embedding_size), nn.ReLU()]
