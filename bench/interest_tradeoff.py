@@ -20,15 +20,11 @@ import sys
 
 import yaml
 
+from bench.mind_experiments import read_log
 from recbole_mind.errors import UserError
 
 COSINE_GOAL = 0.7
 RATIO_GOAL = 1.10
-
-
-def read_log(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def setting(record, key):
@@ -73,15 +69,14 @@ def tradeoff(records, where, without, reference_tags):
 
 
 def rank_correlation(points):
-    """Spearman's rank correlation of the runs' interest cosine and Recall@50 (ties share their
-    mean rank); None for fewer than three runs."""
+    """Spearman's rank correlation of the runs' interest cosine and Recall@50 (pandas computes it;
+    ties share their mean rank); None for fewer than three runs."""
     if len(points) < 3:
         return None
-    import numpy as np
     import pandas as pd
 
-    ranks = pd.DataFrame([(p["interest_cosine"], p["recall@50"]) for p in points]).rank()
-    return round(float(np.corrcoef(ranks[0], ranks[1])[0, 1]), 3)
+    runs = pd.DataFrame([(p["interest_cosine"], p["recall@50"]) for p in points])
+    return round(float(runs[0].corr(runs[1], method="spearman")), 3)
 
 
 def write(out, command, reference, reference_tags, points):

@@ -55,10 +55,15 @@ def build_pipeline(args):
     return config, train_data, test_data, resolve_model(args.model)(config, train_data._dataset)
 
 
+def read_log(log):
+    """The records of a JSONL experiment log, in order."""
+    return [json.loads(line) for line in Path(log).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def done_tags(log):
     if not log.is_file():
         return set()
-    return {json.loads(line)["tag"] for line in log.read_text().splitlines() if line.strip()}
+    return {record["tag"] for record in read_log(log)}
 
 
 def run_one(args, overrides, model=None, config_files=None):
@@ -97,7 +102,7 @@ def run_one(args, overrides, model=None, config_files=None):
 
 
 def table(log):
-    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    rows = read_log(log)
     print("| tag | overrides | valid NDCG@10 | " + " | ".join(f"test {m}" for m in METRICS)
           + " | best epoch / run | train s/epoch |")
     print("|---" * (len(METRICS) + 5) + "|")
