@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr@10")
+# the test columns of --table, where the log's runs hold them (multi-target runs: @20 and @50)
+TABLE_METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@50", "mrr@10", "hit@50")
 
 
 def parse_overrides(pairs):
@@ -102,16 +104,24 @@ def run_one(args, overrides, model=None, config_files=None):
 
 
 def table(log):
+    """Markdown rows of a log: the test metrics its runs hold (leave-one-out or multi-target),
+    validation on the protocol's own metric."""
     rows = read_log(log)
-    print("| tag | overrides | valid NDCG@10 | " + " | ".join(f"test {m}" for m in METRICS)
+    metrics = [m for m in TABLE_METRICS if any(m in r["test"] for r in rows)]
+    valid = next((m for m in ("ndcg@10", "recall@50") if any(m in r["valid"] for r in rows)), None)
+    print(f"| tag | overrides | valid {valid} | " + " | ".join(f"test {m}" for m in metrics)
           + " | best epoch / run | train s/epoch |")
-    print("|---" * (len(METRICS) + 5) + "|")
+    print("|---" * (len(metrics) + 5) + "|")
     for r in rows:
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
-        test = " | ".join(f"{r['test'][m]:.4f}" for m in METRICS)
-        print(f"| {r['tag']} | {overrides} | {r['valid']['ndcg@10']:.4f} | {test} | "
+        cells = " | ".join(cell(r["test"].get(m)) for m in metrics)
+        print(f"| {r['tag']} | {overrides} | {cell(r['valid'].get(valid))} | {cells} | "
               f"{r['best_epoch']} / {r['epochs_run']} | "
               + ("-" if r["train_s_per_epoch"] is None else f"{r['train_s_per_epoch']:.1f}") + " |")
+
+
+def cell(value):
+    return "-" if value is None else f"{value:.4f}"
 
 
 def main():
