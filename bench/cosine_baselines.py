@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import recbole_mind  # noqa: F401  (its fixes of RecBole on this stack, before RecBole's models load)
-from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one
+from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one, user_errors_exit_2
 from recbole.model.sequential_recommender import GRU4Rec, SASRec
 
 
@@ -124,6 +124,7 @@ def evaluate_checkpoint(args, overrides, path):
     }
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.cosine_baselines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,13 +144,7 @@ def main():
         return
     overrides = {"cosine_temperature": 0.1, **parse_overrides(args.overrides)}
     if args.test_checkpoint:
-        from recbole_mind.errors import UserError
-
-        try:
-            record = evaluate_checkpoint(args, overrides, args.test_checkpoint)
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
-        return append_record(args.log, record)
+        return append_record(args.log, evaluate_checkpoint(args, overrides, args.test_checkpoint))
     append_record(args.log, run_one(args, overrides, model=MODELS[args.model],
                                     config_files=[recbole_properties(args.model)]))
 

@@ -20,7 +20,7 @@ import sys
 
 import yaml
 
-from bench.mind_experiments import read_log
+from bench.mind_experiments import parse_overrides, read_log
 from recbole_mind.errors import UserError
 
 COSINE_GOAL = 0.7
@@ -128,16 +128,6 @@ def write(out, command, reference, reference_tags, points):
     plt.close(fig)
 
 
-def parse_where(pairs):
-    where = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"--where takes KEY=VALUE, got {pair!r}: e.g. --where split_seed=2020")
-        where[key] = yaml.safe_load(value)
-    return where
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.interest_tradeoff", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +152,7 @@ def run(args, argv):
         records = read_log(args.log)
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read --log {args.log} ({error}): name a bench.mind_experiments JSONL log") from None
-    reference, points = tradeoff(records, parse_where(args.where), args.without, args.reference)
+    reference, points = tradeoff(records, parse_overrides(args.where, "--where", "--where split_seed=2020"), args.without, args.reference)
     if not points:
         raise UserError("no multi-interest run with interest health matches --where and --without: loosen them")
     command = "python -m bench.interest_tradeoff " + shlex.join(argv)

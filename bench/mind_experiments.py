@@ -12,25 +12,42 @@ docs/experiments.md tabulates the logs (``--table LOG`` prints the markdown rows
 """
 
 import argparse
+import functools
 import json
+import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from recbole_mind.errors import UserError
 
 METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr@10")
 # the test columns of --table, where the log's runs hold them (multi-target runs: @20 and @50)
 TABLE_METRICS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@50", "mrr@10", "hit@50")
 
 
-def parse_overrides(pairs):
+def parse_overrides(pairs, option="override", example="learning_rate=0.003"):
+    """``key=value`` pairs as a dict, the values read as YAML; a malformed pair is a UserError."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: override {pair!r} is not key=value")
+        if not sep or not key:
+            raise UserError(f"{option} takes KEY=VALUE, got {pair!r}: e.g. {example}")
         overrides[key] = yaml.safe_load(value)
     return overrides
+
+
+def user_errors_exit_2(main):
+    """``main`` with a UserError printed as one ``error:`` line and exit status 2."""
+    @functools.wraps(main)
+    def guarded(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+    return guarded
 
 
 def add_pipeline_arguments(parser):
@@ -124,6 +141,7 @@ def cell(value):
     return "-" if value is None else f"{value:.4f}"
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.mind_experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,9 +14,10 @@ Usage (from the project root):
 import argparse
 import time
 
-from bench.mind_experiments import add_pipeline_arguments, build_pipeline
+from bench.mind_experiments import add_pipeline_arguments, build_pipeline, user_errors_exit_2
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.profile_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

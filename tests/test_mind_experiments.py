@@ -1,8 +1,11 @@
-"""bench.mind_experiments: the markdown table of an experiment log."""
+"""bench.mind_experiments: the markdown table of an experiment log; bad overrides."""
 
 import json
+import sys
 
-from bench.mind_experiments import read_log, table
+import pytest
+
+from bench.mind_experiments import main, read_log, table
 
 
 def test_the_table_shows_the_metrics_each_protocol_logs(tmp_path, capsys):
@@ -25,3 +28,15 @@ def test_the_table_shows_the_metrics_each_protocol_logs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "valid ndcg@10" in lines[0] and lines[1].count("|---") == 12
     assert lines[3].startswith("| mt |  | - | - | 0.2300 | 0.4022 | - | 0.3000 | - | 0.9600 |")
+
+
+@pytest.mark.parametrize("pair", ["learning_rate", "=0.003"])
+def test_a_malformed_override_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys, pair):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setattr(sys, "argv", ["mind_experiments", "--log", str(log), "--tag", "t", pair])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: override takes KEY=VALUE") and len(err.splitlines()) == 1
+    assert not log.exists()
