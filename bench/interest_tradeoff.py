@@ -18,8 +18,6 @@ import json
 import shlex
 import sys
 
-import yaml
-
 from bench.mind_experiments import parse_overrides, read_log
 from recbole_mind.errors import UserError
 
@@ -152,7 +150,8 @@ def run(args, argv):
         records = read_log(args.log)
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read --log {args.log} ({error}): name a bench.mind_experiments JSONL log") from None
-    reference, points = tradeoff(records, parse_overrides(args.where, "--where", "--where split_seed=2020"), args.without, args.reference)
+    where = parse_overrides(args.where, "--where", "--where split_seed=2020")
+    reference, points = tradeoff(records, where, args.without, args.reference)
     if not points:
         raise UserError("no multi-interest run with interest health matches --where and --without: loosen them")
     command = "python -m bench.interest_tradeoff " + shlex.join(argv)
