@@ -780,6 +780,28 @@ def health_section(report):
     ]
 
 
+def splits_section(report):
+    """Each user split's test figure on the validation metric, and on how many splits each model
+    is first: whether an order of the means holds split by split."""
+    seeds = report["protocol"].get("split_seeds") or []
+    metric = report["protocol"]["valid_metric"].lower()
+    if len(seeds) < 2 or not all(metric in m["seeds"][str(s)]["test"]
+                                 for m in report["models"].values() for s in seeds):
+        return []
+    values = {name: [m["seeds"][str(s)]["test"][metric] for s in seeds] for name, m in report["models"].items()}
+    best = [max(column) for column in zip(*values.values())]
+    rows = [[name, *(f"**{v:.4f}**" if v == b else f"{v:.4f}" for v, b in zip(vs, best)),
+             str(sum(v == b for v, b in zip(vs, best)))] for name, vs in values.items()]
+    return [
+        f"## Per user split (test {report['protocol']['valid_metric']})",
+        "",
+        "Each split's figure, the best in bold, and the number of splits on which the model is first.",
+        "",
+        *_table(["Model", *(f"split {s}" for s in seeds), "first on"], rows),
+        "",
+    ]
+
+
 def history_excluded_section(report):
     """The second test table: the same checkpoints, each input sequence removed."""
     if not all(m.get("test_history_excluded") for m in report["models"].values()):
@@ -882,6 +904,7 @@ def format_markdown(report):
         "checkpoint evaluated on test; peak RSS is the run's own process. Torch threads: "
         + ", ".join(f"{name} {m.get('torch_threads')}" for name, m in report["models"].items()) + ".",
         "",
+        *splits_section(report),
         *history_excluded_section(report),
         *health_section(report),
         f"## Learning-rate grid (best validation {p['valid_metric']})",

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from recbole_mind import cli
+from recbole_mind import cli, compare
 from recbole_mind.compare import parse_lr_grid
 from recbole_mind.errors import UserError
 from recbole_mind.version import __version__
@@ -208,6 +208,7 @@ def test_compare_under_the_multi_target_protocol_over_two_user_splits(tiny_root,
     md = (results / "multi_target" / "tiny.md").read_text()
     assert "users split at random 8:1:1" in md and "Diversity@10" in md and "± " in md
     assert "## Interest health" in md and "input sequence removed" in md
+    assert "## Per user split (test Recall@10)" in md and "| Model | split 1 | split 2 | first on |" in md
     # the same seeds again train nothing; --split_seeds under leave-one-out is refused
     capsys.readouterr()
     assert cli.main(argv) == 0
@@ -237,3 +238,17 @@ def test_a_mind_key_added_later_matches_a_stored_run_only_at_its_default():
     assert not same_protocol({**stored, MODEL_SETTINGS: {"interest_num": 1}}, fresh)
     assert not same_protocol(fresh, stored)  # a key the fresh settings lack is no match
     assert same_protocol({"dataset": "tiny", MODEL_SETTINGS: None}, {"dataset": "tiny", MODEL_SETTINGS: None})
+
+
+def test_the_per_split_table_bolds_each_splits_best_and_counts_firsts():
+    def model(*recalls):
+        return {"seeds": {str(seed): {"test": {"recall@50": r}} for seed, r in zip((1, 2, 3), recalls)}}
+
+    report = {"protocol": {"split_seeds": [1, 2, 3], "valid_metric": "Recall@50"},
+              "models": {"A": model(0.40, 0.30, 0.5), "B": model(0.41, 0.29, 0.5)}}
+    lines = compare.splits_section(report)
+    assert lines[0] == "## Per user split (test Recall@50)"
+    assert "| A | 0.4000 | **0.3000** | **0.5000** | 2 |" in lines
+    assert "| B | **0.4100** | 0.2900 | **0.5000** | 2 |" in lines
+    report["protocol"]["split_seeds"] = [1]
+    assert compare.splits_section(report) == []
