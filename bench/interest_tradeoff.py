@@ -18,7 +18,7 @@ import json
 import shlex
 import sys
 
-from bench.mind_experiments import parse_overrides, read_log
+from bench.mind_experiments import parse_overrides, read_log, user_errors_exit_2
 from recbole_mind.errors import UserError
 
 COSINE_GOAL = 0.7
@@ -126,6 +126,7 @@ def write(out, command, reference, reference_tags, points):
     plt.close(fig)
 
 
+@user_errors_exit_2
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.interest_tradeoff", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,11 +139,7 @@ def main(argv=None):
                         help="one-interest runs of the log to compare with (their mean)")
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args(argv)
-    try:
-        run(args, argv if argv is not None else sys.argv[1:])
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run(args, argv if argv is not None else sys.argv[1:])
 
 
 def run(args, argv):
