@@ -25,6 +25,9 @@ Usage (from the project root):
 import argparse
 import math
 
+from bench.mind_experiments import user_errors_exit_2
+from recbole_mind.errors import UserError
+
 BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 49), (50, 50))
 POPULARITY_BUCKETS = ((0, 0), (1, 9), (10, 49), (50, 199), (200, 999), (1000, 10**9))
 
@@ -95,6 +98,7 @@ def metrics(ranks):
     return float(ndcg.mean()), float((ranks < 50).double().mean())
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.bucket_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,21 +112,16 @@ def main():
 
     import torch
 
-    from recbole_mind.errors import UserError
-
     torch.set_num_threads(args.threads)
     results = {}
     for spec in args.checkpoint:
         label, sep, path = spec.partition("=")
         if not sep:
-            raise SystemExit(f"error: --checkpoint {spec!r} is not LABEL=PATH")
-        try:
-            model, test_data, counts = load(path, args.data_path)
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
+            raise UserError(f"--checkpoint {spec!r} is not LABEL=PATH")
+        model, test_data, counts = load(path, args.data_path)
         if hasattr(test_data, "targets"):  # the multi-target protocol: several targets a row
             if args.by != "history":
-                raise SystemExit("error: --by popularity is for one test item a row (leave-one-out)")
+                raise UserError("--by popularity is for one test item a row (leave-one-out)")
             users, lengths, recalls = multi_target_recalls(model, test_data)
             order = users.argsort()
             results[label] = (users[order], lengths[order], recalls[order])
@@ -135,7 +134,7 @@ def main():
     users, keys, _ = results[labels[0]]
     for label in labels[1:]:
         if not torch.equal(results[label][0], users):
-            raise SystemExit(f"error: {label} was not evaluated on the same test users as {labels[0]}")
+            raise UserError(f"{label} was not evaluated on the same test users as {labels[0]}")
 
     multi = results[labels[0]][2].is_floating_point()  # per-row recalls rather than ranks
     names = ("R@50",) if multi else ("NDCG@10", "R@50")

@@ -14,8 +14,10 @@ Usage (from the project root):
 import argparse
 
 from bench.bucket_eval import BUCKETS
+from bench.mind_experiments import user_errors_exit_2
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.capsule_norms", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,14 +29,10 @@ def main():
 
     import torch
 
-    from recbole_mind.errors import UserError
     from recbole_mind.explain import load_explainer
 
     torch.set_num_threads(args.threads)
-    try:
-        explainer = load_explainer(args.checkpoint, data_path=args.data_path)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    explainer = load_explainer(args.checkpoint, data_path=args.data_path)
     rows, model = explainer.rows, explainer.model
     user = rows[explainer.uid_field] if model.user_profile is not None else None
     seq, lengths = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]

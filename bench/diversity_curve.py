@@ -14,6 +14,9 @@ import json
 
 import numpy as np
 
+from bench.mind_experiments import user_errors_exit_2
+from recbole_mind.errors import UserError
+
 
 def curve(path, lambdas, threads=1):
     """{lambda: test metrics} of the checkpoint at ``path``."""
@@ -28,7 +31,7 @@ def curve(path, lambdas, threads=1):
     restored = restore(path, purpose="the diversity curve")
     config = restored.config
     if config["eval_protocol"] != multi_target.NAME:
-        raise SystemExit(f"error: {path} was not trained under the multi_target protocol")
+        raise UserError(f"{path} was not trained under the multi_target protocol")
     labels, described = multi_target.categories(config, restored.dataset, restored.train_data)
     trainer = plugin_trainer(config, restored.model)
     trainer.eval_collector.data_collect(restored.train_data)
@@ -82,6 +85,7 @@ def write(results, described, n, out, command):
     plt.close(fig)
 
 
+@user_errors_exit_2
 def main():
     import sys
 

@@ -14,6 +14,8 @@ Usage (from the project root):
 
 import argparse
 
+from bench.mind_experiments import user_errors_exit_2
+
 
 def keep_last(interaction, seq_field, len_field, m):
     """A copy of ``interaction`` whose sequences hold only their last ``m`` behaviours, left-aligned."""
@@ -28,6 +30,7 @@ def keep_last(interaction, seq_field, len_field, m):
     return Interaction({**interaction.interaction, seq_field: shortened, len_field: kept})
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.recency_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,15 +44,11 @@ def main():
     import torch
     from recbole.utils import get_trainer
 
-    from recbole_mind.errors import UserError
     from recbole_mind.explain import load_explainer
     from recbole_mind.model.scoring import exclude_input_sequence
 
     torch.set_num_threads(args.threads)
-    try:
-        loaded = load_explainer(args.checkpoint, data_path=args.data_path)  # the model as trained
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    loaded = load_explainer(args.checkpoint, data_path=args.data_path)  # the model as trained
     model, config = loaded.model, loaded.config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     predict = model.full_sort_predict

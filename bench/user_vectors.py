@@ -25,6 +25,8 @@ Usage (from the project root):
 import argparse
 
 from bench.bucket_eval import load
+from bench.mind_experiments import user_errors_exit_2
+from recbole_mind.errors import UserError
 
 
 def spearman(a, b):
@@ -63,6 +65,7 @@ def figures(model, test_data, counts):
     return cosine, shared, popularity, float(rank[tail].double().median()), int(tail.sum()), len(target)
 
 
+@user_errors_exit_2
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.user_vectors", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,20 +77,16 @@ def main():
 
     import torch
 
-    from recbole_mind.errors import UserError
-
     torch.set_num_threads(args.threads)
+    specs = [spec.partition("=") for spec in args.checkpoint]
+    for spec, (_, sep, _) in zip(args.checkpoint, specs):
+        if not sep:
+            raise UserError(f"--checkpoint {spec!r} is not LABEL=PATH")
     print("| model | cosine to the mean user vector | score variance shared by all users | "
           "Spearman(mean score, training count) | median rank of tail test items |")
     print("|---|---|---|---|---|")
-    for spec in args.checkpoint:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --checkpoint {spec!r} is not LABEL=PATH")
-        try:
-            model, test_data, counts = load(path, args.data_path)
-        except UserError as e:
-            raise SystemExit(f"error: {e}") from None
+    for label, _, path in specs:
+        model, test_data, counts = load(path, args.data_path)
         cosine, shared, popularity, tail_rank, tail_rows, rows = figures(model, test_data, counts)
         print(f"| {label} | {cosine:.3f} | {shared:.3f} | {popularity:.3f} | {tail_rank:.0f} "
               f"({tail_rows} of {rows} rows) |")

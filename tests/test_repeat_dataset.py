@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from bench.repeat_dataset import convert, repeat_share
+from recbole_mind.errors import UserError
 
 HEADER = ("year,month,day,dep_time,sched_dep_time,dep_delay,arr_time,sched_arr_time,arr_delay,"
           "carrier,flight,tailnum,origin,dest,air_time,distance,hour,minute,time_hour\n")
@@ -89,7 +90,7 @@ def test_dest_items_and_min_events(tmp_path):
 def test_not_a_package(tmp_path):
     bogus = tmp_path / "bogus.txt"
     bogus.write_text("nothing")
-    with pytest.raises(SystemExit, match="error:"):
+    with pytest.raises(UserError, match="not a folder, wheel or sdist"):
         convert(str(bogus), out=str(tmp_path))
 
 

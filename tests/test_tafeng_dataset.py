@@ -6,6 +6,7 @@ import zipfile
 import pytest
 
 from bench.tafeng_dataset import MEMBER, interactions, read_csv_bytes, write
+from recbole_mind.errors import UserError
 
 HEADER = "TRANSACTION_DT,CUSTOMER_ID,AGE_GROUP,PIN_CODE,PRODUCT_SUBCLASS,PRODUCT_ID,AMOUNT,ASSET,SALES_PRICE\n"
 
@@ -57,7 +58,7 @@ def test_a_file_that_is_not_the_wheel_is_one_line(tmp_path):
     other = tmp_path / "other.whl"
     with zipfile.ZipFile(other, "w") as z:
         z.writestr("x/y.py", "")
-    with pytest.raises(SystemExit, match="holds no"):
+    with pytest.raises(UserError, match="holds no"):
         read_csv_bytes(str(other))
 
 
