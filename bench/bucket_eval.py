@@ -25,7 +25,7 @@ Usage (from the project root):
 import argparse
 import math
 
-from bench.mind_experiments import user_errors_exit_2
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 49), (50, 50))

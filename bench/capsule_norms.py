@@ -14,7 +14,7 @@ Usage (from the project root):
 import argparse
 
 from bench.bucket_eval import BUCKETS
-from bench.mind_experiments import user_errors_exit_2
+from bench.tool_errors import user_errors_exit_2
 
 
 @user_errors_exit_2

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 import recbole_mind  # noqa: F401  (its fixes of RecBole on this stack, before RecBole's models load)
-from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one, user_errors_exit_2
+from bench.mind_experiments import append_record, done_tags, parse_overrides, run_one
+from bench.tool_errors import user_errors_exit_2
 from recbole.model.sequential_recommender import GRU4Rec, SASRec
 
 

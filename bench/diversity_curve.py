@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from bench.mind_experiments import user_errors_exit_2
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 

@@ -18,7 +18,8 @@ import json
 import shlex
 import sys
 
-from bench.mind_experiments import parse_overrides, read_log, user_errors_exit_2
+from bench.mind_experiments import parse_overrides, read_log
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 COSINE_GOAL = 0.7

@@ -12,14 +12,13 @@ docs/experiments.md tabulates the logs (``--table LOG`` prints the markdown rows
 """
 
 import argparse
-import functools
 import json
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 METRICS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "mrr@10")
@@ -36,18 +35,6 @@ def parse_overrides(pairs, option="override", example="learning_rate=0.003"):
             raise UserError(f"{option} takes KEY=VALUE, got {pair!r}: e.g. {example}")
         overrides[key] = yaml.safe_load(value)
     return overrides
-
-
-def user_errors_exit_2(main):
-    """``main`` with a UserError printed as one ``error:`` line and exit status 2."""
-    @functools.wraps(main)
-    def guarded(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-    return guarded
 
 
 def add_pipeline_arguments(parser):

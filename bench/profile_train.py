@@ -12,7 +12,8 @@ Usage (from the project root):
 import argparse
 import time
 
-from bench.mind_experiments import add_pipeline_arguments, build_pipeline, user_errors_exit_2
+from bench.mind_experiments import add_pipeline_arguments, build_pipeline
+from bench.tool_errors import user_errors_exit_2
 
 
 @user_errors_exit_2

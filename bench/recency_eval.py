@@ -14,7 +14,7 @@ Usage (from the project root):
 
 import argparse
 
-from bench.mind_experiments import user_errors_exit_2
+from bench.tool_errors import user_errors_exit_2
 
 
 def keep_last(interaction, seq_field, len_field, m):

