@@ -18,6 +18,7 @@ def bad_inputs(tmp_path):
     return {
         "bucket_eval": ["--checkpoint", "no-label"],
         "user_vectors": ["--checkpoint", "K4=x.pth", "--checkpoint", "no-label"],
+        "paired_users": ["--checkpoint", "MIND=a.pth", "--checkpoint", "MIND=b.pth"],
         "capsule_norms": ["--checkpoint", missing],
         "recency_eval": ["--checkpoint", missing],
         "routing_draw_eval": ["--checkpoint", missing],
@@ -27,7 +28,7 @@ def bad_inputs(tmp_path):
     }
 
 
-@pytest.mark.parametrize("tool", ["bucket_eval", "user_vectors", "capsule_norms", "recency_eval",
+@pytest.mark.parametrize("tool", ["bucket_eval", "user_vectors", "paired_users", "capsule_norms", "recency_eval",
                                   "routing_draw_eval", "diversity_curve", "repeat_dataset", "tafeng_dataset"])
 def test_bad_input_is_one_error_line_and_exit_2(tool, tmp_path, monkeypatch, capsys):
     argv = bad_inputs(tmp_path)[tool]
