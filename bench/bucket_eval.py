@@ -32,6 +32,15 @@ BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 49), (50, 50))
 POPULARITY_BUCKETS = ((0, 0), (1, 9), (10, 49), (50, 199), (200, 999), (1000, 10**9))
 
 
+def checkpoint_specs(specs):
+    """[(label, path)] from ``--checkpoint LABEL=PATH`` values; a malformed one is a UserError."""
+    pairs = [spec.partition("=") for spec in specs]
+    for spec, (label, sep, path) in zip(specs, pairs):
+        if not (label and sep and path):
+            raise UserError(f"--checkpoint {spec!r} is not LABEL=PATH")
+    return [(label, path) for label, _, path in pairs]
+
+
 def load(path, data_path=None):
     """(model in eval mode, test loader, training counts) rebuilt from a checkpoint (a path the
     user named) with the settings it was trained with; ``data_path`` if the data has moved."""
@@ -114,10 +123,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     results = {}
-    for spec in args.checkpoint:
-        label, sep, path = spec.partition("=")
-        if not sep:
-            raise UserError(f"--checkpoint {spec!r} is not LABEL=PATH")
+    for label, path in checkpoint_specs(args.checkpoint):
         model, test_data, counts = load(path, args.data_path)
         if hasattr(test_data, "targets"):  # the multi-target protocol: several targets a row
             if args.by != "history":

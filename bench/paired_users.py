@@ -23,6 +23,7 @@ import itertools
 
 import numpy as np
 
+from bench.bucket_eval import checkpoint_specs, load, multi_target_recalls
 from bench.tool_errors import user_errors_exit_2
 from recbole_mind.errors import UserError
 
@@ -60,8 +61,6 @@ def per_user_recalls(specs, n=50, data_path=None):
     """{label: recalls}, ``groups`` (the split of each row), from (label, path) pairs: the rows
     of every split in user order, the same users for every label."""
     import torch
-
-    from bench.bucket_eval import load, multi_target_recalls
 
     splits = {}
     for label, path in specs:
@@ -120,11 +119,8 @@ def main():
     parser.add_argument("--data_path", default=None,
                         help="folder holding the checkpoints' dataset, if not where they were trained")
     args = parser.parse_args()
-    specs = [spec.partition("=") for spec in args.checkpoint]
-    for spec, (label, sep, path) in zip(args.checkpoint, specs):
-        if not sep or not label or not path:
-            raise UserError(f"--checkpoint {spec!r} is not LABEL=PATH")
-    if len({label for label, _, _ in specs}) < 2:
+    specs = checkpoint_specs(args.checkpoint)
+    if len({label for label, _ in specs}) < 2:
         raise UserError("give at least two labels to compare, e.g. --checkpoint MIND=... --checkpoint GRU4Rec=...")
     if args.n < 1 or args.draws < 1:
         raise UserError(f"--n and --draws must be >= 1, got {args.n} and {args.draws}")
@@ -132,7 +128,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    recalls, groups = per_user_recalls([(label, path) for label, _, path in specs], args.n, args.data_path)
+    recalls, groups = per_user_recalls(specs, args.n, args.data_path)
     print(table(recalls, groups, args.n, args.draws, args.seed))
 
 

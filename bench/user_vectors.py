@@ -24,9 +24,8 @@ Usage (from the project root):
 
 import argparse
 
-from bench.bucket_eval import load
+from bench.bucket_eval import checkpoint_specs, load
 from bench.tool_errors import user_errors_exit_2
-from recbole_mind.errors import UserError
 
 
 def spearman(a, b):
@@ -78,14 +77,11 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    specs = [spec.partition("=") for spec in args.checkpoint]
-    for spec, (_, sep, _) in zip(args.checkpoint, specs):
-        if not sep:
-            raise UserError(f"--checkpoint {spec!r} is not LABEL=PATH")
+    specs = checkpoint_specs(args.checkpoint)
     print("| model | cosine to the mean user vector | score variance shared by all users | "
           "Spearman(mean score, training count) | median rank of tail test items |")
     print("|---|---|---|---|---|")
-    for label, _, path in specs:
+    for label, path in specs:
         model, test_data, counts = load(path, args.data_path)
         cosine, shared, popularity, tail_rank, tail_rows, rows = figures(model, test_data, counts)
         print(f"| {label} | {cosine:.3f} | {shared:.3f} | {popularity:.3f} | {tail_rank:.0f} "
